@@ -1,0 +1,333 @@
+"""Build, load, apply and decode the char, word and bpe tokenizers (stored as `tokenizer.json`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
+from charlm.errors import DataError, UsageError
+
+LEVELS = ("char", "word", "bpe")
+
+CHAR_UNK = "<unk>"
+SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN = "SENTENCE_START", "SENTENCE_END", "UNKNOWN_TOKEN"
+WORD_SPECIALS = (SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN)
+
+# Words, numbers (3.14, 1,000), English clitics ('s, 't, 're, ...), single punctuation marks, and
+# WikiText's own "<unk>" kept whole. Applied after lower-casing and splitting on whitespace, so
+# no token holds a space and each word is in the vocabulary once (Metaspace pre-tokenizing
+# would keep "▁word" and "word" apart, and lose the space before an unknown word).
+_WORD_PATTERN = r"<unk>|['’](?:s|t|re|ve|ll|d|m)\b|\d+(?:[.,]\d+)*|\w+|[^\w\s]"
+
+_ABBREVIATIONS = frozenset(
+    "mr. mrs. ms. dr. prof. st. vs. jr. sr. e.g. i.e. no. fig. approx. cf.".split()
+)
+# A sentence ends after . ! or ? (maybe followed by a closing quote or bracket) and whitespace.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+")
+
+
+def check_level(level: str) -> str:
+    """Return `level` if it is one of LEVELS, else raise a UsageError naming the choices."""
+    if level not in LEVELS:
+        raise UsageError(f"unknown tokenizer level {level!r}; use one of: {', '.join(LEVELS)}")
+    return level
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences: at every line break and after . ! ? followed by whitespace.
+
+    A rule, not a parser: common abbreviations (Mr., e.g., ...) do not end a sentence, anything
+    else ending in a full stop does. Empty sentences are dropped.
+    """
+    sentences: list[str] = []
+    for line in text.splitlines():
+        pieces = _SENTENCE_BREAK.split(line.strip())
+        pending = ""
+        for piece in pieces:
+            pending = f"{pending} {piece}" if pending else piece
+            last_word = pending.rsplit(None, 1)[-1].lower() if pending else ""
+            if last_word not in _ABBREVIATIONS:
+                if pending:
+                    sentences.append(pending)
+                pending = ""
+        if pending:
+            sentences.append(pending)
+    return sentences
+
+
+def build_tokenizer(level: str, text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of `level` on the text; `vocab_size` caps word/bpe (specials included).
+
+    char ignores `vocab_size`: its vocabulary is `<unk>` (id 0) plus every code point of the text,
+    sorted. The chunks are read once, so a generator is fine.
+    """
+    check_level(level)
+    if level == "char":
+        return _build_char(text_chunks)
+    if vocab_size < 1:
+        raise UsageError(f"vocab_size {vocab_size} is too small; use a positive number")
+    if level == "word":
+        return _build_word(text_chunks, vocab_size)
+    return _build_bpe(text_chunks, vocab_size)
+
+
+def _code_points(text: str) -> np.ndarray:
+    # "surrogatepass" so a lone surrogate becomes an (unknown) code point instead of an error.
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _is_surrogate(code_point: int) -> bool:
+    return 0xD800 <= code_point <= 0xDFFF
+
+
+def _build_char(text_chunks: Iterable[str]) -> Tokenizer:
+    seen = np.zeros(0, dtype=np.uint32)
+    for chunk in text_chunks:
+        seen = np.union1d(seen, np.unique(_code_points(chunk)))
+    # Lone surrogates cannot be stored in tokenizer.json (Rust strings); they stay unknown.
+    chars = [chr(cp) for cp in seen.tolist() if not _is_surrogate(cp)]
+    vocab = {CHAR_UNK: 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=CHAR_UNK))
+    # Every code point is its own token, newlines and spaces included; [\s\S] because "." would
+    # skip newlines.
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def _word_pipeline(tokenizer: Tokenizer) -> None:
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated"),
+        ]
+    )
+
+
+def _build_word(text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN_TOKEN))
+    _word_pipeline(tokenizer)
+    # The trainer keeps the most frequent words, breaks ties by the word itself (deterministic)
+    # and counts the special tokens inside vocab_size; they get ids 0, 1, 2.
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=max(vocab_size, len(WORD_SPECIALS)),
+        special_tokens=list(WORD_SPECIALS),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_line_batches(text_chunks), trainer=trainer)
+    start, end = (tokenizer.token_to_id(t) for t in (SENTENCE_START, SENTENCE_END))
+    # Every sentence encoded alone comes back wrapped in SENTENCE_START ... SENTENCE_END.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SENTENCE_START} $A {SENTENCE_END}",
+        special_tokens=[(SENTENCE_START, start), (SENTENCE_END, end)],
+    )
+    return tokenizer
+
+
+def _build_bpe(text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    # No prefix space and no normalizer: decoding gives back the exact bytes that went in.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_line_batches(text_chunks), trainer=trainer)
+    return tokenizer
+
+
+def _line_batches(text_chunks: Iterable[str], batch_chars: int = 1 << 16) -> Iterator[str]:
+    """Cut chunks into pieces of about `batch_chars` at line ends so training runs in parallel."""
+    for chunk in text_chunks:
+        start = 0
+        while start < len(chunk):
+            cut = chunk.find("\n", start + batch_chars)
+            cut = len(chunk) if cut < 0 else cut + 1
+            yield chunk[start:cut]
+            start = cut
+
+
+def tokenizer_level(tokenizer: Tokenizer) -> str:
+    """Tell which level built this tokenizer: "bpe", "word" or "char"."""
+    if isinstance(tokenizer.model, models.BPE):
+        return "bpe"
+    if tokenizer.token_to_id(SENTENCE_START) is not None:
+        return "word"
+    return "char"
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
+    """Ids of the unknown, sentence-start and sentence-end tokens; None where the level has none."""
+    level = tokenizer_level(tokenizer)
+    if level == "word":
+        return {
+            "unk": tokenizer.token_to_id(UNKNOWN_TOKEN),
+            "start": tokenizer.token_to_id(SENTENCE_START),
+            "end": tokenizer.token_to_id(SENTENCE_END),
+        }
+    if level == "char":
+        return {"unk": tokenizer.token_to_id(CHAR_UNK), "start": None, "end": None}
+    # Byte-level BPE can spell every byte, so it has no unknown token.
+    return {"unk": None, "start": None, "end": None}
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    """Write `tokenizer.json` (readable by `Tokenizer.from_file`)."""
+    tokenizer.save(str(path))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Load a tokenizer.json, or raise a DataError saying how to recreate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer file not found; run `charlm prepare` to create it")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for bad JSON
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{path}: not a valid tokenizer file ({reason}); run `charlm prepare` again"
+        ) from None
+
+
+def _id_to_token_table(tokenizer: Tokenizer) -> list[str]:
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    table = [""] * (max(vocab.values()) + 1 if vocab else 0)
+    for token, token_id in vocab.items():
+        table[token_id] = token
+    return table
+
+
+class Encoder:
+    """Turn text into token ids quickly; unseen characters or words become the unknown id.
+
+    word: every sentence is wrapped in SENTENCE_START ... SENTENCE_END.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, level: str) -> None:
+        self.tokenizer = tokenizer
+        self.level = check_level(level)
+        if level == "char":
+            self._char_table = self._make_char_table(tokenizer)
+
+    @staticmethod
+    def _make_char_table(tokenizer: Tokenizer) -> np.ndarray:
+        """Dense code point -> id table; its last slot (past the largest code point) is unk."""
+        unk = tokenizer.token_to_id(CHAR_UNK)
+        pairs = [(ord(t), i) for t, i in tokenizer.get_vocab().items() if len(t) == 1]
+        size = max((cp for cp, _ in pairs), default=0) + 2
+        table = np.full(size, unk, dtype=np.int64)
+        for code_point, token_id in pairs:
+            table[code_point] = token_id
+        return table
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of `text` as int64 (never raises on unseen input)."""
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        if self.level == "char":
+            # The tokenizers encoder runs at 1-4M chars/s here; a table lookup at ~19M.
+            table = self._char_table
+            return table[np.minimum(_code_points(text), len(table) - 1)]
+        if self.level == "word":
+            pieces = split_sentences(text)
+        else:
+            pieces = text.splitlines(keepends=True)
+        encodings = self.tokenizer.encode_batch(pieces)
+        return np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+
+
+# Word-level detokenizing: how a token attaches to its neighbours.
+_NO_SPACE_BEFORE = frozenset(",.!?;:)]}%'’”…")
+_NO_SPACE_AFTER = frozenset("([{$#“‘")
+_JOINERS = frozenset("-/")
+
+
+class StreamDecoder:
+    """Turn generated ids into printable text one token at a time.
+
+    char: the character; word: the word with readable spacing, SENTENCE_START dropped,
+    SENTENCE_END as a newline, UNKNOWN_TOKEN shown; bpe: text once its UTF-8 bytes are complete,
+    so a character split over several tokens is never printed broken ('' until then).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, level: str) -> None:
+        self.tokenizer = tokenizer
+        self.level = check_level(level)
+        if level == "bpe":
+            self._stream = decoders.DecodeStream(skip_special_tokens=False)
+        else:
+            self._tokens = _id_to_token_table(tokenizer)
+        self._previous: str | None = None  # word: last token on this line; None at line start
+        self._quote_open = False
+
+    def _token(self, token_id: int) -> str:
+        if not 0 <= token_id < len(self._tokens):
+            size = len(self._tokens)
+            raise DataError(f"token id {token_id} is outside the vocabulary (size {size})")
+        return self._tokens[token_id]
+
+    def step(self, token_id: int) -> str:
+        """Text to print for this token ('' is allowed)."""
+        token_id = int(token_id)
+        if self.level == "bpe":
+            return self._stream.step(self.tokenizer, token_id) or ""
+        token = self._token(token_id)
+        if self.level == "char":
+            return token
+        return self._word_step(token)
+
+    def _word_step(self, token: str) -> str:
+        if token == SENTENCE_START:
+            return ""
+        if token == SENTENCE_END:
+            self._previous, self._quote_open = None, False
+            return "\n"
+        previous, self._previous = self._previous, token
+        if token == '"':
+            opening = not self._quote_open
+            self._quote_open = opening
+            # An opening quote takes a space before it, a closing one does not.
+            return ('"' if previous is None else ' "') if opening else '"'
+        if previous is None:
+            return token
+        attaches = (
+            token in _NO_SPACE_BEFORE
+            or token in _JOINERS
+            or previous in _JOINERS
+            or previous in _NO_SPACE_AFTER
+            or (previous == '"' and self._quote_open)
+            or (token[0] in "'’" and token[1:].isalpha())  # clitics: don 't -> don't
+        )
+        return token if attaches else " " + token
+
+
+def decode(tokenizer: Tokenizer, level: str, ids: Sequence[int]) -> str:
+    """Readable text for a sequence of ids (the same text StreamDecoder prints)."""
+    check_level(level)
+    if level == "bpe":
+        return tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+    stream = StreamDecoder(tokenizer, level)
+    return "".join(stream.step(i) for i in ids)
+
+
+def count_chars(text: str) -> int:
+    """Characters counted for bits per character: code points, i.e. len() of the str."""
+    return len(text)
