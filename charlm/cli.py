@@ -1,0 +1,364 @@
+"""The `charlm` command line: options in, one library call per command, messages on stderr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from charlm import __version__
+from charlm.errors import CharlmError
+
+app = typer.Typer(
+    name="charlm",
+    help="Train, sample and evaluate character- and word-level recurrent language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Public corpora and synthetic tasks.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect settings without running anything.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+_debug = {"on": os.environ.get("CHARLM_DEBUG", "") not in ("", "0")}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def say(message: str) -> None:
+    """A message for people: stderr, so stdout stays clean for results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def handle_errors(func: F) -> F:
+    """Known errors become one line and their exit code; tracebacks only with --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CharlmError as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            for line in lines:
+                say(f"charlm: error: {line}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            say("charlm: interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug, or an environment problem we did not foresee
+            if _debug["on"]:
+                traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            say(
+                f"charlm: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"charlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+# Options shared by several commands, declared once so their help reads the same everywhere.
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (see configs/).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a setting: --set model.hidden_size=256 (repeatable)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+WhichOpt = Annotated[
+    str,
+    typer.Option(
+        "--checkpoint", help="For a run directory: 'best' (by validation loss) or 'latest'."
+    ),
+]
+RunArg = Annotated[
+    Path, typer.Argument(help="A run directory (train --out) or a checkpoint folder.")
+]
+
+
+def _which(value: str) -> str:
+    from charlm.errors import UsageError
+
+    if value not in ("best", "latest"):
+        raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{value}')")
+    return value
+
+
+@app.command()
+@handle_errors
+def prepare(
+    text: Annotated[Path, typer.Argument(help="A .txt file, a folder of .txt files, or a .csv.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for train.bin, val.bin, meta.json.")
+    ],
+    level: Annotated[str, typer.Option(help="char, word or bpe.")] = "char",
+    vocab_size: Annotated[
+        int, typer.Option(help="word/bpe: entries kept, counting specials.")
+    ] = 8000,
+    val_fraction: Annotated[float, typer.Option(help="Last fraction held out.")] = 0.05,
+    val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
+    csv_column: Annotated[str | None, typer.Option(help="CSV column with the text.")] = None,
+    errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+) -> None:
+    """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
+
+    Example: charlm prepare ../shared/data/reddit/reddit-comments-2015-08-sample.csv
+    --csv-column body --level word --vocab-size 8000 --out data/reddit
+    """
+    from charlm.config import build_config
+    from charlm.errors import UsageError
+    from charlm.prepare import PrepareSettings
+    from charlm.prepare import prepare as run_prepare
+
+    if errors not in ("strict", "replace"):
+        raise UsageError(f"--errors must be strict or replace (got '{errors}')")
+    build_config(
+        overrides=[
+            f"data.level={level}",
+            f"data.vocab_size={vocab_size}",
+            f"data.val_fraction={val_fraction}",
+        ]
+    )  # same checks as settings
+    settings = PrepareSettings(level, vocab_size, val_fraction, val_file, csv_column, errors)
+    meta = run_prepare(text, out, settings)
+    say(
+        f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "
+        f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens"
+    )
+
+
+@app.command()
+@handle_errors
+def train(
+    text: Annotated[
+        Path | None,
+        typer.Argument(help="Text to train on (.txt, folder or .csv); default: built-in."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
+        "runs/default"
+    ),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared data folder (charlm prepare).")
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run in --out.")] = False,
+    val_file: Annotated[
+        Path | None, typer.Option(help="Validation text (else a held-out tail).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train a model; Ctrl-C saves a checkpoint, and --resume continues exactly where it stopped.
+
+    Examples:
+      charlm train --config configs/quickstart.yaml --out runs/quick
+      charlm train input.txt --config configs/char-rnn.yaml --out runs/shakespeare --set train.max_steps=500
+      charlm train --out runs/shakespeare --resume --set train.max_steps=5000
+    """
+    from charlm.errors import UsageError
+    from charlm.train import train as run_train
+
+    if text is not None and data is not None:
+        raise UsageError("pass either TEXT or --data, not both")
+    result = run_train(
+        out,
+        text=text,
+        data_dir=data,
+        val_file=val_file,
+        config_file=config,
+        overrides=overrides or [],
+        resume=resume,
+        force=force,
+        show_progress=not quiet,
+    )
+    if result.final is not None and not quiet:
+        say(
+            f"done: {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
+            f"nats/token; checkpoints in {out / 'checkpoints'}"
+        )
+
+
+@app.command()
+@handle_errors
+def sample(
+    run: RunArg,
+    prime: Annotated[str, typer.Option(help="Text to start from.")] = "",
+    length: Annotated[int, typer.Option(help="Tokens per sample (max words per sentence).")] = 500,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (0 = off).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass in (0, 1].")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together.")] = 1,
+    sentences: Annotated[
+        bool | None,
+        typer.Option(
+            "--sentences/--stream", help="Word models: whole sentences (the tutorial's way)."
+        ),
+    ] = None,
+    min_words: Annotated[int, typer.Option(help="Sentence mode: shortest sentence in words.")] = 0,
+    device: DeviceOpt = "auto",
+    which: WhichOpt = "best",
+) -> None:
+    """Generate text, streamed to stdout as it is made.
+
+    Example: charlm sample runs/quick --prime "The " --length 300 --temperature 0.8 --seed 1
+    """
+    from charlm.sample import SampleOptions, Sampler
+
+    options = SampleOptions(
+        prime, length, temperature, top_k, top_p, seed, num_samples, sentences, min_words
+    )
+    options.validate()
+    sampler = Sampler(run, device=device, which=_which(which))
+    streaming = num_samples == 1
+
+    def emit(index: int, piece: str) -> None:
+        if streaming:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    texts = sampler.generate(options, emit)
+    if streaming:
+        if not texts[0].endswith("\n"):
+            sys.stdout.write("\n")
+    else:
+        separator = "" if all(t.endswith("\n") for t in texts) else "\n"
+        for text in texts:
+            sys.stdout.write(text + separator)
+    sys.stdout.flush()
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run: RunArg,
+    text: Annotated[Path, typer.Option("--text", help="Held-out text (.txt or .csv).")],
+    json_out: JsonOpt = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Parallel streams (default: training's).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    which: WhichOpt = "best",
+    errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+) -> None:
+    """Loss (nats/token), perplexity and bits per character of a checkpoint on a text.
+
+    Example: charlm evaluate runs/quick --text held_out.txt --json
+    """
+    from charlm.errors import UsageError
+    from charlm.evaluate import evaluate_checkpoint
+
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    result = evaluate_checkpoint(
+        run, text, batch_size=batch_size, device=device, which=_which(which), errors=errors
+    )
+    if json_out:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(
+            f"tokens {result.tokens:,}  loss {result.loss:.4f} nats/token  "
+            f"perplexity {result.perplexity:.2f}  bits/char {result.bits_per_char:.4f}"
+        )
+
+
+@app.command()
+@handle_errors
+def info(run: RunArg, json_out: JsonOpt = False, which: WhichOpt = "best") -> None:
+    """What a run or checkpoint holds: settings, vocabulary, size, step, scores, format."""
+    from charlm.runinfo import describe
+
+    summary = describe(run, _which(which))
+    if json_out:
+        print(json.dumps(summary))
+        return
+    from charlm.config import build_config, config_to_yaml
+
+    for key in (
+        "checkpoint",
+        "format_version",
+        "step",
+        "parameters",
+        "level",
+        "vocab_size",
+        "best_val_loss",
+        "last_val_loss",
+        "train_tokens",
+        "data_sha256",
+    ):
+        print(f"{key}: {summary.get(key)}")
+    print("config:")
+    config_yaml = config_to_yaml(build_config(base=summary["config"]))
+    print("  " + config_yaml.rstrip().replace("\n", "\n  "))
+
+
+@config_app.command("show")
+@handle_errors
+def config_show(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
+    """Print the resolved settings as YAML (file and --set applied), or the error."""
+    from charlm.config import build_config, config_to_yaml
+
+    print(config_to_yaml(build_config(config_file=config, overrides=overrides or [])), end="")
+
+
+@data_app.command("download")
+@handle_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="tinyshakespeare, wikitext-2 or reddit.")],
+    dest: Annotated[
+        Path | None, typer.Option(help="Folder to save into (default: the cache).")
+    ] = None,
+) -> None:
+    """Download a public corpus, check its sha256, and print where it is."""
+    from charlm.corpora import download
+
+    for path in download(name, dest):
+        print(path)
+
+
+@data_app.command("list")
+@handle_errors
+def data_list() -> None:
+    """The corpora `charlm data download` knows."""
+    from charlm.corpora import DATASETS
+
+    for name in DATASETS:
+        print(name)
+
+
+def main() -> None:
+    app(prog_name="charlm")

@@ -1,0 +1,383 @@
+"""Typed run settings: defaults, YAML files, `--set` overrides, validation and saving."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from charlm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    level: Literal["char", "word", "bpe"] = "char"  # tokenisation level
+    vocab_size: int = 8000  # word/bpe: entries kept, counting the special tokens; char ignores it
+    val_fraction: float = 0.05  # last fraction of the text held out for validation
+    csv_column: str = "body"  # column holding the text when the input is a CSV
+    batching: Literal["stream", "sentence"] = "stream"  # sentence: the tutorial's padded sentences
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.vocab_size < 4:
+            problems.append(f"data.vocab_size must be at least 4 (got {self.vocab_size})")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"data.val_fraction must be in (0, 1) (got {self.val_fraction})")
+        if self.batching == "sentence" and self.level != "word":
+            problems.append("data.batching=sentence needs data.level=word (sentences are words)")
+        return problems
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Literal["gru", "lstm", "rnn"] = "gru"  # rnn is a plain tanh RNN, for comparison
+    layers: int = 2
+    hidden_size: int = 128
+    embedding_dim: int = 48
+    dropout: float = 0.0  # between layers and before the decoder
+    tie_weights: bool = (
+        False  # share embedding and decoder weights (needs embedding_dim == hidden_size)
+    )
+    forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
+    recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
+    leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("layers", "hidden_size", "embedding_dim"):
+            if getattr(self, name) < 1:
+                problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"model.dropout must be in [0, 1) (got {self.dropout})")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            problems.append(
+                "model.tie_weights needs model.embedding_dim == model.hidden_size "
+                f"(got {self.embedding_dim} and {self.hidden_size})"
+            )
+        if not 0.0 <= self.leak < 1.0:
+            problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
+        if self.leak > 0 and self.cell != "rnn":
+            problems.append(
+                "model.leak applies to model.cell=rnn only (gated cells leak by design)"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["rmsprop", "adam", "adamw"] = "rmsprop"
+    lr: float = 1e-3
+    alpha: float = 0.9  # RMSProp decay of the squared-gradient average (the tutorial's 0.9)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0  # clip the global gradient norm to this (0 = off)
+    clip_value: float = 0.0  # clip each gradient element to [-v, v] (0 = off)
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over max_steps
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.lr <= 0:
+            problems.append(f"optim.lr must be positive (got {self.lr})")
+        if not 0.0 <= self.alpha < 1.0:
+            problems.append(f"optim.alpha must be in [0, 1) (got {self.alpha})")
+        if self.eps <= 0:
+            problems.append(f"optim.eps must be positive (got {self.eps})")
+        for name in ("weight_decay", "clip_norm", "clip_value", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"optim.{name} must not be negative (got {getattr(self, name)})")
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # parallel streams (or sentences) per process
+    seq_len: int = 64  # truncated back-propagation window, in tokens
+    max_steps: int = 2000  # stop after this many optimiser steps (0 = no limit; use epochs)
+    epochs: float = 0.0  # stop after this many passes over the training data (0 = no limit)
+    eval_every: int = 200  # validate every N steps (and always at the end)
+    eval_batches: int = 0  # validation windows per evaluation (0 = the whole split)
+    checkpoint_every: int = 500  # save a checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 3  # step checkpoints kept, besides the best
+    log_every: int = 10  # a metrics record (and a plain progress line off a terminal) every N steps
+    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+    seed: int = 1
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int = 0  # CPU intra-op threads (0 = PyTorch's default)
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "eval_batches", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
+        if self.epochs < 0:
+            problems.append(f"train.epochs must not be negative (got {self.epochs})")
+        if self.max_steps == 0 and self.epochs == 0:
+            problems.append(
+                "set train.max_steps or train.epochs (both are 0: training would not end)"
+            )
+        if self.keep_checkpoints < 1:
+            problems.append(
+                f"train.keep_checkpoints must be at least 1 (got {self.keep_checkpoints})"
+            )
+        if self.max_bad_steps < 1:
+            problems.append(f"train.max_bad_steps must be at least 1 (got {self.max_bad_steps})")
+        return problems
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> list[str]:
+        return [p for section in fields(self) for p in getattr(self, section.name).validate()]
+
+
+# Settings that may differ when a run is resumed; anything else changes the model or the data.
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "train.max_steps",
+        "train.epochs",
+        "train.eval_every",
+        "train.eval_batches",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.max_bad_steps",
+        "train.device",
+        "train.threads",
+        "optim.lr",
+        "optim.schedule",
+        "optim.warmup_steps",
+        "optim.clip_norm",
+        "optim.clip_value",
+    }
+)
+
+_SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+def all_keys() -> list[str]:
+    """Every dotted setting name, in declaration order."""
+    return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in fields(cls)]
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise naming the key.
+
+    YAML guesses types (`1e-3` is a string, `off` a boolean), so the annotation decides.
+    """
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            names = ", ".join(str(c) for c in choices)
+            raise ConfigError(f"{key}: '{value}' is not one of {names}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}: expected true or false, got '{value}'")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got '{value}'")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got '{value}'")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got '{value}'")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got '{value}'")
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got '{value}'")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported setting type {annotation}")
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: list[str]) -> None:
+    """Lay the mapping `raw` over `base`, recording unknown keys and bad values in `problems`."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        problems.append(f"{origin}: expected a mapping of sections (data, model, optim, train)")
+        return
+    for section, values in raw.items():
+        if section not in _SECTION_CLASSES:
+            problems.append(
+                f"{origin}: unknown section '{section}'{_suggest(str(section), list(_SECTIONS))}"
+            )
+            continue
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{origin}: section '{section}' must be a mapping of settings")
+            continue
+        hints = _resolved_hints(_SECTION_CLASSES[section])
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in hints:
+                problems.append(
+                    f"{origin}: unknown setting '{dotted}'{_suggest(dotted, all_keys())}"
+                )
+                continue
+            try:
+                base[section][key] = _coerce(dotted, value, hints[key])
+            except ConfigError as exc:
+                problems.append(f"{origin}: {exc}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses repeated keys instead of keeping the last silently."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated key '{key}'", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; errors name the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML ({problem})") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `dotted.key=value`, parsing the value as a YAML scalar."""
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}': expected key=value, e.g. --set train.seed=7")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key.count(".") != 1:
+        raise ConfigError(
+            f"--set '{item}': the key must be section.name, e.g. model.hidden_size{_suggest(key, all_keys())}"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def build_config(
+    base: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Defaults, then `base` (a saved run's config), then the YAML file, then each override.
+
+    Every problem is collected and reported together, one per line.
+    """
+    merged: dict[str, dict[str, Any]] = {
+        name: dataclasses.asdict(cls()) for name, cls in _SECTION_CLASSES.items()
+    }
+    problems: list[str] = []
+    if base is not None:
+        _merge(merged, base, "saved config", problems)
+    if config_file is not None:
+        _merge(merged, read_yaml(config_file), str(config_file), problems)
+    for item in overrides:
+        try:
+            key, value = parse_override(item)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        section, name = key.split(".", 1)
+        _merge(merged, {section: {name: value}}, "--set", problems)
+    if not problems:
+        config = RunConfig(**{name: cls(**merged[name]) for name, cls in _SECTION_CLASSES.items()})
+        problems = config.validate()
+        if not problems:
+            return config
+    raise ConfigError("\n".join(problems))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ, each as `key: old -> new`."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    out = []
+    for section in a:
+        for key in a[section]:
+            if a[section][key] != b[section][key]:
+                out.append(f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}")
+    return out

@@ -1,0 +1,151 @@
+"""Held-out scores: loss in nats/token, perplexity, and bits per character of the source text."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.nn import functional as F
+
+from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
+from charlm.checkpoint import load_checkpoint
+from charlm.device import resolve_device
+from charlm.errors import DataError
+from charlm.model import RNNLanguageModel, detach_state
+from charlm.prepare import read_text
+from charlm.tokenizer import Encoder, count_chars, special_ids
+
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean negative log-likelihood, nats per predicted token
+    perplexity: float
+    bits_per_char: float  # total information over the characters of the source text
+    tokens: int  # tokens predicted
+    chars: int  # characters of the source text the tokens stand for
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def make_result(nll_sum: float, predicted: int, tokens: int, chars: int) -> EvalResult:
+    """Scores from a summed loss. Bits per character spreads the per-token loss over the text:
+
+    loss * (tokens / chars) / ln 2, so char, word and BPE models of the same text compare.
+    """
+    loss = nll_sum / max(predicted, 1)
+    bpc = loss * tokens / max(chars, 1) / math.log(2)
+    perplexity = math.exp(loss) if loss < 700 else math.inf
+    return EvalResult(loss, perplexity, bpc, predicted, chars)
+
+
+@torch.inference_mode()
+def evaluate_ids(
+    model: RNNLanguageModel,
+    ids: np.ndarray,
+    *,
+    batching: str,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    special_ids: dict | None = None,
+    max_batches: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce: Reducer | None = None,
+) -> tuple[float, int]:
+    """Summed negative log-likelihood and the number of predicted tokens over `ids`.
+
+    Streams carry the state through each stream as training does; sentences start from zero.
+    With several processes each takes its own streams and `reduce` sums the totals.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if batching == "sentence":
+            assert special_ids is not None
+            batcher: StreamBatcher | SentenceBatcher = SentenceBatcher(
+                ids,
+                special_ids["start"],
+                special_ids["end"],
+                batch_size,
+                rank=rank,
+                world_size=world_size,
+                shuffle=False,
+            )
+        else:
+            streams = max(1, min(batch_size * world_size, len(ids) - 1))
+            batcher = StreamBatcher(ids, streams // world_size or 1, seq_len, rank, world_size)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        cursor = Cursor()
+        state = model.initial_state(batcher.batch_size, device)
+        steps = batcher.steps_per_epoch
+        if max_batches:
+            steps = min(steps, max_batches)
+        for _ in range(steps):
+            x, y, cursor = batcher.batch(cursor)
+            if x.shape[1] == 0:
+                break
+            inputs, targets = to_tensors(x, y, device)
+            if not batcher.carries_state or inputs.shape[1] != batcher.batch_size:
+                state = model.initial_state(inputs.shape[1], device)
+            logits, state = model(inputs, state)
+            state = detach_state(state)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            count += (targets != IGNORE_INDEX).sum()
+        if reduce is not None:
+            total, count = reduce(total), reduce(count)
+        return float(total), int(count)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    text: Path,
+    *,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    device: str = "auto",
+    which: str = "best",
+    errors: str = "strict",
+) -> EvalResult:
+    """Score a checkpoint on a text file, tokenised with the checkpoint's own vocabulary.
+
+    Characters or words the vocabulary never saw become the unknown token, not an error.
+    """
+
+
+    loaded = load_checkpoint(checkpoint, which)
+    config = loaded.config
+    dev = resolve_device(device if device != "auto" else config.train.device)
+    tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
+    level = loaded.meta["level"]
+    raw = read_text(text, errors=errors, csv_column=config.data.csv_column)
+    ids = Encoder(tokenizer, level).encode(raw)
+    if len(ids) < 2:
+        raise DataError(f"{text}: too short to evaluate (needs at least 2 tokens)")
+    model = loaded.build_model(dev)
+    nll, predicted = evaluate_ids(
+        model,
+        ids,
+        batching=config.data.batching,
+        batch_size=batch_size or config.train.batch_size,
+        seq_len=seq_len or config.train.seq_len,
+        device=dev,
+        special_ids=special_ids(tokenizer),
+    )
+    return make_result(nll, predicted, len(ids), count_chars(raw))

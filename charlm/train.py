@@ -1,0 +1,513 @@
+"""The training loop: RMSProp with clipping over truncated BPTT, validation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
+from charlm.checkpoint import (
+    CHECKPOINTS,
+    LoadedCheckpoint,
+    TrainingState,
+    has_checkpoint,
+    is_run_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from charlm.config import (
+    RESUME_SAFE_KEYS,
+    OptimConfig,
+    RunConfig,
+    build_config,
+    config_differences,
+    config_to_dict,
+    config_to_yaml,
+)
+from charlm.device import resolve_device, set_threads
+from charlm.distributed import DistContext, setup_distributed
+from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageError
+from charlm.evaluate import EvalResult, evaluate_ids, make_result
+from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
+from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
+from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
+
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_loss: float | None
+    final: EvalResult | None
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if optim.name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=optim.lr, alpha=optim.alpha, eps=optim.eps, weight_decay=optim.weight_decay
+        )
+    if optim.name == "adam":
+        return torch.optim.Adam(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def learning_rate(optim: OptimConfig, step: int, total_steps: int) -> float:
+    """The rate for optimiser step `step` (0-based): a pure function, so resume needs no state."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "cosine":
+        span = max(1, total_steps - optim.warmup_steps)
+        progress = min(1.0, (step - optim.warmup_steps) / span)
+        floor = optim.lr * 0.1  # decay to a tenth, not to zero (as nanoGPT does)
+        return floor + 0.5 * (optim.lr - floor) * (1 + math.cos(math.pi * progress))
+    return optim.lr
+
+
+def _state_tensors(state: State) -> dict[str, torch.Tensor]:
+    if isinstance(state, tuple):
+        return {"state_h": state[0], "state_c": state[1]}
+    return {"state_h": state}
+
+
+def _rng_snapshot() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    info = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    tensors = {"rng_torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng_cuda_{i}"] = s
+    return info, tensors
+
+
+def _rng_restore(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = info["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = info["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(tensors["rng_torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _SignalFlag:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps, so saves are never torn."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        for sig in SIGNAL_EXIT_CODES:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test runner thread)
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_settings(config: RunConfig, val_file: Path | None) -> PrepareSettings:
+    return PrepareSettings(
+        level=config.data.level,
+        vocab_size=config.data.vocab_size,
+        val_fraction=config.data.val_fraction,
+        val_file=val_file,
+        csv_column=config.data.csv_column,
+    )
+
+
+def _refuse_unsafe_changes(saved: RunConfig, wanted: RunConfig, run_dir: Path) -> None:
+    changed = [
+        d for d in config_differences(saved, wanted) if d.split(":")[0] not in RESUME_SAFE_KEYS
+    ]
+    if changed:
+        raise UsageError(
+            f"{run_dir}: cannot resume with settings that change the model or data: "
+            + "; ".join(changed)
+            + " (start a new run with another --out, or drop these overrides)"
+        )
+
+
+def _clear_run(run_dir: Path) -> None:
+    """--force: remove what a previous run wrote (checkpoints, metrics, config), keep data/."""
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    for name in ("metrics.jsonl", "config.yaml"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def train(
+    run_dir: Path,
+    *,
+    text: Path | None = None,
+    data_dir: Path | None = None,
+    val_file: Path | None = None,
+    config_file: Path | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train a model into `run_dir`, or continue the run there with `resume`.
+
+    Data comes from `data_dir` (made by `charlm prepare`), else `text` is prepared into
+    RUN_DIR/data (cached), else the built-in corpus is.
+    """
+    run_dir = Path(run_dir)
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other; pass one")
+    loaded: LoadedCheckpoint | None = None
+    if resume:
+        if not has_checkpoint(run_dir):
+            raise CheckpointError(
+                f"{run_dir}: no checkpoint to resume from; start the run without --resume"
+                + (" (add --force to replace what is there)" if is_run_dir(run_dir) else "")
+            )
+        loaded = load_checkpoint(run_dir, "latest")
+        config = build_config(
+            base=config_to_dict(loaded.config), config_file=config_file, overrides=overrides
+        )
+        _refuse_unsafe_changes(loaded.config, config, run_dir)
+    else:
+        config = build_config(config_file=config_file, overrides=overrides)
+        if is_run_dir(run_dir) and not force:
+            raise UsageError(
+                f"{run_dir} already holds a run; pass --resume to continue it, "
+                "--force to start over (its checkpoints are deleted), or another --out"
+            )
+    dist = setup_distributed(config.train.device)
+    try:
+        return _train(run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress)
+    finally:
+        dist.close()
+
+
+def _load_data(
+    run_dir: Path,
+    config: RunConfig,
+    dist: DistContext,
+    loaded: LoadedCheckpoint | None,
+    text: Path | None,
+    data_dir: Path | None,
+    val_file: Path | None,
+    show: bool,
+) -> PreparedData:
+    if data_dir is None and text is None and loaded is not None:
+        data_dir = Path(loaded.info["data_dir"])
+        if not (data_dir / "meta.json").is_file():
+            raise DataError(
+                f"{data_dir}: the prepared data this run trained on is gone; pass the text "
+                "again (charlm train TEXT --out RUN --resume) or --data DIR"
+            )
+    if data_dir is None:
+        data_dir = run_dir / "data"
+        if dist.is_main:
+            prepare(text, data_dir, _prepare_settings(config, val_file), show_progress=show)
+        dist.barrier()
+    data = load_prepared(data_dir)
+    if loaded is not None and data.meta.get("cache_key") != loaded.meta.get("cache_key"):
+        raise UsageError(
+            f"{data_dir}: this is not the data the run was trained on (its input or preparation "
+            "settings differ); resume with the original text or --data folder"
+        )
+    if data.meta["level"] != config.data.level:
+        raise UsageError(
+            f"{data_dir}: prepared at level '{data.meta['level']}' but data.level is "
+            f"'{config.data.level}'; prepare again or set data.level={data.meta['level']}"
+        )
+    return data
+
+
+def _make_batcher(
+    config: RunConfig, data: PreparedData, dist: DistContext
+) -> StreamBatcher | SentenceBatcher:
+    t = config.train
+    if config.data.batching == "sentence":
+        special = data.meta["special_ids"]
+        return SentenceBatcher(
+            data.train_ids,
+            special["start"],
+            special["end"],
+            t.batch_size,
+            seed=t.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+    return StreamBatcher(data.train_ids, t.batch_size, t.seq_len, dist.rank, dist.world_size)
+
+
+def _train(
+    run_dir: Path,
+    config: RunConfig,
+    dist: DistContext,
+    loaded: LoadedCheckpoint | None,
+    text: Path | None,
+    data_dir: Path | None,
+    val_file: Path | None,
+    force: bool,
+    show_progress: bool,
+) -> TrainResult:
+    t = config.train
+    show = show_progress and dist.is_main
+    device = resolve_device(t.device, dist.local_rank)
+    set_threads(t.threads)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            _clear_run(run_dir)
+    data = _load_data(run_dir, config, dist, loaded, text, data_dir, val_file, show)
+    if config.data.batching == "sentence" and device.type == "cpu":
+        # oneDNN re-plans its RNN kernel for every new sequence length: ~3.5x slower on
+        # sentence batches (measured, FACTS.md). The native kernel has no such cost.
+        torch.backends.mkldnn.enabled = False
+    batcher = _make_batcher(config, data, dist)
+    steps_per_epoch = max(1, batcher.steps_per_epoch)
+    total_steps = t.max_steps or math.inf
+    if t.epochs:
+        total_steps = min(total_steps, math.ceil(t.epochs * steps_per_epoch))
+    total_steps = int(total_steps)
+
+    seed_everything(t.seed)
+    vocab_size = int(data.meta["vocab_size"])
+    model = RNNLanguageModel(config.model, vocab_size).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    seed_everything(t.seed + dist.rank)  # dropout differs per rank; the weights do not
+
+    step, cursor = 0, Cursor()
+    best_val: float | None = None
+    counters = {"bad_steps": 0, "clipped_steps": 0}
+    state: State = model.initial_state(t.batch_size, device)
+    if loaded is not None:
+        model.load_state_dict(loaded.build_model(device).state_dict())
+        optimizer.load_state_dict(loaded.optimizer_state())
+        for group in optimizer.param_groups:  # resume-safe optimiser settings may have changed
+            group["eps"] = config.optim.eps
+        info, tensors = loaded.info, loaded.train_tensors()
+        step = int(info["step"])
+        cursor = Cursor(**info["cursor"])
+        best_val = info.get("best_val_loss")
+        counters.update(info.get("counters", {}))
+        if info.get("world_size", 1) != dist.world_size:
+            raise UsageError(
+                f"{run_dir}: the run was trained by {info.get('world_size')} processes and is "
+                f"resumed by {dist.world_size}; resume with the same number of processes"
+            )
+        if "state_c" in tensors:
+            state = (tensors["state_h"].to(device), tensors["state_c"].to(device))
+        else:
+            state = tensors["state_h"].to(device)
+        _rng_restore(info["rng"], tensors)
+
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+    metrics = MetricsLog(
+        run_dir / "metrics.jsonl", truncate_after=step if loaded else None, enabled=dist.is_main
+    )
+    params = count_parameters(model)
+    if show:
+        stderr.print(
+            f"charlm: {config.model.cell} {config.model.layers}x{config.model.hidden_size}, "
+            f"{params:,} parameters; {data.meta['level']} vocabulary {vocab_size:,}; "
+            f"{len(data.train_ids):,} training tokens, {steps_per_epoch:,} steps per epoch; "
+            f"{'resuming at step ' + str(step) + ', ' if loaded else ''}"
+            f"{total_steps:,} steps on {device.type}"
+            + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
+            highlight=False,
+        )
+
+    special = data.meta.get("special_ids", {})
+    tokenizer_json = (data.data_dir / "tokenizer.json").read_text(encoding="utf-8")
+
+    def validate() -> EvalResult:
+        nll, predicted = evaluate_ids(
+            model,
+            data.val_ids,
+            batching=config.data.batching,
+            batch_size=t.batch_size,
+            seq_len=t.seq_len,
+            device=device,
+            special_ids=special,
+            max_batches=t.eval_batches,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            reduce=dist.all_reduce_sum,
+        )
+        # Bits per character uses the split's tokens-per-character ratio, which also holds
+        # for the prefix that eval_batches scores.
+        return make_result(nll, predicted, data.meta["val_tokens"], data.meta["val_chars"])
+
+    def checkpoint(is_best: bool) -> None:
+        if not dist.is_main:
+            return
+        rng_info, rng_tensors = _rng_snapshot()
+        info = {
+            "cursor": {"epoch": cursor.epoch, "position": cursor.position},
+            "best_val_loss": best_val,
+            "last_val_loss": last_val.loss if last_val else None,
+            "counters": counters,
+            "rng": rng_info,
+            "world_size": dist.world_size,
+            "data_dir": str(data.data_dir.resolve()),
+            "parameters": params,
+        }
+        save_checkpoint(
+            run_dir,
+            model,
+            optimizer,
+            config,
+            tokenizer_json,
+            data.meta,
+            TrainingState(step, info, {**_state_tensors(state), **rng_tensors}),
+            is_best=is_best,
+            keep=t.keep_checkpoints,
+        )
+
+    display = TrainingDisplay(total_steps, step, enabled=show)
+    throughput = Throughput()
+    started = time.perf_counter()
+    last_val: EvalResult | None = None
+    loss_sum = torch.zeros((), device=device)
+    interval_steps = interval_clipped = bad_streak = 0
+    last_grad_norm = 0.0
+    model.train()
+    try:
+        with _SignalFlag() as flag:
+            while step < total_steps:
+                if flag.received is not None:
+                    checkpoint(is_best=False)
+                    name = signal.Signals(flag.received).name
+                    raise TrainingStopped(
+                        f"{name} at step {step}: checkpoint saved; continue with "
+                        f"`charlm train --out {run_dir} --resume`",
+                        exit_code=SIGNAL_EXIT_CODES[flag.received],
+                    )
+                x, y, next_cursor = batcher.batch(cursor)
+                if cursor.position == 0 or not batcher.carries_state:
+                    state = model.initial_state(x.shape[1], device)
+                inputs, targets = to_tensors(x, y, device)
+                lr = learning_rate(config.optim, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits, new_state = model(inputs, state)  # (seq_len, batch, vocab)
+                loss = F.cross_entropy(
+                    logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=IGNORE_INDEX
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), config.optim.clip_norm or math.inf
+                )  # the norm before clipping
+                if config.optim.clip_value:
+                    torch.nn.utils.clip_grad_value_(model.parameters(), config.optim.clip_value)
+                # One read-back per step: a non-finite step must never reach the weights.
+                is_finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+                if is_finite:
+                    optimizer.step()
+                    state = detach_state(new_state)
+                    bad_streak = 0
+                    loss_sum += loss.detach()
+                    interval_steps += 1
+                    last_grad_norm = float(grad_norm)
+                    if config.optim.clip_norm and last_grad_norm > config.optim.clip_norm:
+                        counters["clipped_steps"] += 1
+                        interval_clipped += 1
+                else:
+                    counters["bad_steps"] += 1
+                    bad_streak += 1
+                    state = detach_state(state)
+                    display.message(
+                        f"step {step + 1}: non-finite loss or gradient, step skipped "
+                        f"({bad_streak} in a row)"
+                    )
+                    if bad_streak >= t.max_bad_steps:
+                        raise TrainingStopped(
+                            f"{bad_streak} non-finite steps in a row at step {step + 1}; stopped. "
+                            f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
+                            "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                        )
+                throughput.add(int(np.count_nonzero(y != IGNORE_INDEX)) * dist.world_size)
+                cursor = next_cursor
+                step += 1
+                is_last = step >= total_steps
+                is_log_step = step % t.log_every == 0 or is_last
+                if is_log_step:
+                    mean_loss = float(loss_sum) / max(interval_steps, 1)
+                    rate = throughput.read()
+                    record = {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": cursor.epoch,
+                        "loss": mean_loss,
+                        "lr": lr,
+                        "grad_norm": last_grad_norm,
+                        "clipped_fraction": interval_clipped / max(interval_steps, 1),
+                        "bad_steps": counters["bad_steps"],
+                        "tokens_per_s": rate,
+                        "elapsed_s": time.perf_counter() - started,
+                    }
+                    metrics.write(record)
+                    display.update(
+                        step,
+                        f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {last_grad_norm:.2f}",
+                        is_log_step=True,
+                    )
+                    loss_sum.zero_()
+                    interval_steps = interval_clipped = 0
+                elif display.is_terminal:
+                    display.update(step, "", is_log_step=False)
+                is_best = False
+                if step % t.eval_every == 0 or is_last:
+                    last_val = validate()
+                    is_best = best_val is None or last_val.loss < best_val
+                    if is_best:
+                        best_val = last_val.loss
+                    metrics.write(
+                        {
+                            "kind": "val",
+                            "step": step,
+                            "val_loss": last_val.loss,
+                            "val_perplexity": last_val.perplexity,
+                            "val_bits_per_char": last_val.bits_per_char,
+                            "elapsed_s": time.perf_counter() - started,
+                        }
+                    )
+                    display.message(
+                        f"step {step}: val loss {last_val.loss:.4f}, perplexity "
+                        f"{last_val.perplexity:.2f}, {last_val.bits_per_char:.3f} bits/char"
+                        + ("  (best)" if is_best else "")
+                    )
+                if is_best or step % t.checkpoint_every == 0 or is_last:
+                    checkpoint(is_best)
+    finally:
+        display.close()
+        metrics.close()
+    return TrainResult(run_dir, step, best_val, last_val)

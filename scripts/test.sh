@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), then run what CI runs: lint, format check, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. "${CHARLM_VENV:-.venv}/bin/activate"
+ruff check charlm tests scripts
+ruff format --check charlm tests scripts
+python -m pytest -q "$@"
