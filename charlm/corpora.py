@@ -53,7 +53,7 @@ BUILTIN_MODULES = (
 
 
 def cache_dir() -> Path:
-    """Where downloads are kept: $CHARLM_CACHE, else ~/.cache/charlm."""
+    """Where downloads and the built-in corpus are kept: $CHARLM_CACHE, else ~/.cache/charlm."""
     configured = os.environ.get("CHARLM_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "charlm"
 
@@ -88,14 +88,7 @@ def _docstrings(node: ast.AST) -> Iterator[str]:
             yield from _docstrings(child)
 
 
-@functools.cache
-def builtin_corpus_text() -> str:
-    """English prose from the standard library's docstrings and help() topics (~1.6 MB).
-
-    Works offline and gives the same text on every call for one Python installation: the modules'
-    source files are parsed, not imported, so nothing runs and nothing that another library
-    patched at run time leaks in. Takes about 1.5 s, then stays in memory.
-    """
+def _collect_builtin_text() -> str:
     seen: set[str] = set()
     docs = []
     for name in BUILTIN_MODULES:
@@ -116,6 +109,31 @@ def builtin_corpus_text() -> str:
 
     docs.extend(topics[key].strip() for key in sorted(topics))
     return "\n\n".join(docs) + "\n"
+
+
+@functools.cache
+def builtin_corpus_text() -> str:
+    """English prose from the standard library's docstrings and help() topics (~1.6 MB).
+
+    Works offline and gives the same text on every call for one Python installation: the modules'
+    source files are parsed, not imported, so nothing runs and nothing that another library
+    patched at run time leaks in. Building takes 1-2 s, so the text is kept in cache_dir(),
+    keyed by the Python version and the module list (a damaged or unwritable cache is ignored).
+    """
+    recipe = json.dumps([sys.version, sysconfig.get_paths()["stdlib"], BUILTIN_MODULES])
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    path = cache_dir() / "builtin" / f"stdlib-docstrings-py{version}-{key}.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = _collect_builtin_text()
+    try:
+        _atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError:
+        pass
+    return text
 
 
 @dataclass(frozen=True)

@@ -316,7 +316,9 @@ def prepare(
         source_name = str(source)
     val_sha256 = None
     if settings.val_file is not None:
-        val_text, val_sha256 = _read_source(Path(settings.val_file), settings.errors, None)
+        val_text, val_sha256 = _read_source(
+            Path(settings.val_file), settings.errors, settings.csv_column
+        )
         train_text = text
     else:
         train_text, val_text = split_train_val(text, settings.val_fraction)

@@ -1,0 +1,205 @@
+"""Tests for charlm.tokenizer: round trips, unknowns, the word vocabulary cap, readable decoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from charlm.errors import DataError, UsageError
+from charlm.tokenizer import (
+    CHAR_UNK,
+    SENTENCE_END,
+    SENTENCE_START,
+    UNKNOWN_TOKEN,
+    Encoder,
+    StreamDecoder,
+    build_tokenizer,
+    count_chars,
+    decode,
+    load_tokenizer,
+    special_ids,
+    split_sentences,
+    tokenizer_level,
+)
+
+UNICODE_SAMPLE = (
+    "Hello, world!\tTabs\tand\nnewlines\r\n"
+    "日本語のテキスト。中文字符。\n"
+    "Привет, мир! Съешь же ещё этих мягких булок.\n"
+    "Emoji: 😀🎉👍🏽 family 👨‍👩‍👧\n"
+    "Combining: e\u0301 a\u0308 n\u0303 (decomposed) vs é ä ñ\n"
+    "Math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and ∑ ∫ √\n"
+)
+
+
+def test_char_round_trip_on_unicode() -> None:
+    tokenizer = build_tokenizer("char", [UNICODE_SAMPLE], vocab_size=0)
+    ids = Encoder(tokenizer, "char").encode(UNICODE_SAMPLE)
+    assert ids.dtype == np.int64
+    assert len(ids) == count_chars(UNICODE_SAMPLE)
+    assert decode(tokenizer, "char", ids) == UNICODE_SAMPLE
+    # The fast numpy path gives the same ids as the tokenizer itself.
+    assert ids.tolist() == tokenizer.encode(UNICODE_SAMPLE).ids
+
+
+def test_char_vocabulary_is_sorted_code_points_plus_unk() -> None:
+    tokenizer = build_tokenizer("char", ["cab", "\nb😀"], vocab_size=12345)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    assert [token for token, _ in vocab] == [CHAR_UNK, "\n", "a", "b", "c", "😀"]
+    assert special_ids(tokenizer) == {"unk": 0, "start": None, "end": None}
+    assert tokenizer_level(tokenizer) == "char"
+
+
+def test_char_unseen_characters_become_unk() -> None:
+    tokenizer = build_tokenizer("char", ["abc"], vocab_size=0)
+    ids = Encoder(tokenizer, "char").encode("aXb😀\U0010ffff")
+    unk = special_ids(tokenizer)["unk"]
+    assert ids.tolist() == [1, unk, 2, unk, unk]
+    assert decode(tokenizer, "char", ids) == f"a{CHAR_UNK}b{CHAR_UNK}{CHAR_UNK}"
+
+
+def test_char_encode_empty_text() -> None:
+    tokenizer = build_tokenizer("char", ["abc"], vocab_size=0)
+    assert Encoder(tokenizer, "char").encode("").shape == (0,)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_char_round_trip_property(text: str) -> None:
+    tokenizer = build_tokenizer("char", [text], vocab_size=0)
+    ids = Encoder(tokenizer, "char").encode(text)
+    assert decode(tokenizer, "char", ids) == text
+    stream = StreamDecoder(tokenizer, "char")
+    assert "".join(stream.step(i) for i in ids) == text
+
+
+def test_tokenizer_json_round_trip(tmp_path: Path) -> None:
+    for level in ("char", "word", "bpe"):
+        tokenizer = build_tokenizer(level, [UNICODE_SAMPLE * 3], vocab_size=300)
+        path = tmp_path / f"{level}.json"
+        tokenizer.save(str(path))
+        loaded = load_tokenizer(path)
+        assert isinstance(Tokenizer.from_file(str(path)), Tokenizer)
+        assert loaded.get_vocab() == tokenizer.get_vocab()
+        assert tokenizer_level(loaded) == level
+        encoded = Encoder(loaded, level).encode(UNICODE_SAMPLE)
+        assert encoded.tolist() == Encoder(tokenizer, level).encode(UNICODE_SAMPLE).tolist()
+
+
+def test_load_tokenizer_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_tokenizer(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(DataError, match="not a valid tokenizer") as info:
+        load_tokenizer(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_level_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="char, word, bpe"):
+        build_tokenizer("sentencepiece", ["abc"], 10)
+
+
+def test_split_sentences() -> None:
+    text = 'One. Two! "Three?" Four\n\nMr. Smith went.  3.5 stays.\nno end'
+    assert split_sentences(text) == [
+        "One.",
+        "Two!",
+        '"Three?"',
+        "Four",
+        "Mr. Smith went.",
+        "3.5 stays.",
+        "no end",
+    ]
+
+
+WORD_TEXT = "The cat sat. The cat ran! The dog sat?\nThe cat saw the dog.\nA zebra appeared once.\n"
+
+
+def test_word_vocabulary_cap_counts_specials_and_keeps_most_frequent() -> None:
+    tokenizer = build_tokenizer("word", [WORD_TEXT], vocab_size=6)
+    vocab = tokenizer.get_vocab()
+    assert len(vocab) == 6
+    assert {SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN} <= set(vocab)
+    # Counts: the 5, "." 3, cat 3, dog 2, sat 2, ... (ties would go to the smaller string).
+    assert set(vocab) - {SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN} == {"the", ".", "cat"}
+    assert special_ids(tokenizer) == {
+        "unk": vocab[UNKNOWN_TOKEN],
+        "start": vocab[SENTENCE_START],
+        "end": vocab[SENTENCE_END],
+    }
+    # The same text gives the same ids every time.
+    again = build_tokenizer("word", [WORD_TEXT], vocab_size=6)
+    assert again.get_vocab() == vocab
+
+
+def test_word_encoding_wraps_sentences_and_maps_rare_words_to_unknown() -> None:
+    tokenizer = build_tokenizer("word", [WORD_TEXT], vocab_size=6)
+    ids = Encoder(tokenizer, "word").encode("The cat sat. The zebra!\nCat")
+    tokens = [tokenizer.id_to_token(i) for i in ids]
+    s, e, u = SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN
+    assert tokens == [s, "the", "cat", u, ".", e, s, "the", u, u, e, s, "cat", e]
+
+
+def test_word_decode_is_readable() -> None:
+    text = 'Hello, world! It\'s a test (really). "Quoted words," she said; well-known: yes?\n'
+    tokenizer = build_tokenizer("word", [text], vocab_size=1000)
+    ids = Encoder(tokenizer, "word").encode(text)
+    assert decode(tokenizer, "word", ids) == (
+        'hello, world!\nit\'s a test (really).\n"quoted words," she said; well-known: yes?\n'
+    )
+    stream = StreamDecoder(tokenizer, "word")
+    assert "".join(stream.step(i) for i in ids) == decode(tokenizer, "word", ids)
+
+
+def test_word_decode_shows_unknown_token() -> None:
+    tokenizer = build_tokenizer("word", [WORD_TEXT], vocab_size=6)
+    ids = Encoder(tokenizer, "word").encode("the zebra sat.")
+    assert decode(tokenizer, "word", ids) == f"the {UNKNOWN_TOKEN} {UNKNOWN_TOKEN}.\n"
+
+
+BPE_CORPUS = UNICODE_SAMPLE * 5 + "The quick brown fox jumps over the lazy dog. " * 20
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer() -> Tokenizer:
+    return build_tokenizer("bpe", [BPE_CORPUS], vocab_size=400)
+
+
+def test_bpe_vocabulary_and_specials(bpe_tokenizer: Tokenizer) -> None:
+    assert 256 < bpe_tokenizer.get_vocab_size() <= 400
+    assert special_ids(bpe_tokenizer) == {"unk": None, "start": None, "end": None}
+    assert tokenizer_level(bpe_tokenizer) == "bpe"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_bpe_round_trips_any_text(bpe_tokenizer: Tokenizer, text: str) -> None:
+    ids = Encoder(bpe_tokenizer, "bpe").encode(text)
+    assert decode(bpe_tokenizer, "bpe", ids) == text
+    stream = StreamDecoder(bpe_tokenizer, "bpe")
+    pieces = [stream.step(i) for i in ids]
+    assert "".join(pieces) == text
+    # Never a half character: a streamed piece is never a replacement character.
+    assert all("\ufffd" not in piece for piece in pieces) or "\ufffd" in text
+
+
+def test_bpe_stream_holds_back_partial_characters(bpe_tokenizer: Tokenizer) -> None:
+    text = "ꙮ𝄞"  # unseen in training: each is spelt with several byte tokens
+    ids = Encoder(bpe_tokenizer, "bpe").encode(text)
+    assert len(ids) > 2
+    stream = StreamDecoder(bpe_tokenizer, "bpe")
+    pieces = [stream.step(i) for i in ids]
+    assert [p for p in pieces if p] == ["ꙮ", "𝄞"]
+
+
+def test_word_vocabulary_ties_are_broken_by_the_word() -> None:
+    tokenizer = build_tokenizer("word", ["d b c a\nc a b d\n"], vocab_size=5)
+    assert set(tokenizer.get_vocab()) == {SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN, "a", "b"}
