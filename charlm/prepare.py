@@ -207,10 +207,24 @@ def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSetti
         "format": FORMAT_VERSION,
         "input": input_sha256,
         "val_input": val_sha256,
-        # val_file's path does not matter, only its contents (val_sha256).
-        "settings": {**settings.as_dict(), "val_file": None},
+        "settings": {
+            **settings.as_dict(),
+            # Settings that cannot change the result stay out, so changing them costs nothing.
+            "vocab_size": None if settings.level == "char" else settings.vocab_size,
+            "val_fraction": None if settings.val_file is not None else settings.val_fraction,
+            "val_file": None,  # its contents count (val_sha256), not where it lives
+        },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _holds_only_our_files(data_dir: Path) -> bool:
+    """Whether every entry is a file that prepare writes (an interrupted run leaves such a folder)."""
+    ours = {TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE}
+    return all(
+        entry.name in ours or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+        for entry in data_dir.iterdir()
+    )
 
 
 def _read_meta(data_dir: Path) -> dict | None:
@@ -299,7 +313,7 @@ def prepare(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: exists and is not a folder; choose another output folder")
     existing_meta = _read_meta(out_dir) if out_dir.is_dir() else None
-    if out_dir.is_dir() and existing_meta is None and any(out_dir.iterdir()):
+    if out_dir.is_dir() and existing_meta is None and not _holds_only_our_files(out_dir):
         raise UsageError(
             f"{out_dir}: folder is not empty and holds no prepared data (no {META_FILE}); "
             "choose an empty or new output folder"

@@ -96,6 +96,10 @@ def test_cache_reuses_and_settings_change_rebuilds(corpus_file: Path, tmp_path: 
     assert run(corpus_file, out) == first
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
 
+    # char level ignores vocab_size, so changing it reuses the data.
+    assert run(corpus_file, out, vocab_size=123) == first
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
     changed = run(corpus_file, out, val_fraction=0.2)
     assert changed["cache_key"] != first["cache_key"]
     assert load_prepared(out).meta == changed
@@ -139,6 +143,10 @@ def test_interrupted_prepare_never_looks_complete(
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     with pytest.raises(DataError, match="run `charlm prepare"):
         load_prepared(out)
+    # The leftovers are recognised as prepare's own, so running again just works.
+    monkeypatch.setattr(Encoder, "encode", real_encode)
+    meta = run(corpus_file, out, val_fraction=0.3)
+    assert load_prepared(out).meta == meta
 
 
 def test_refuses_a_foreign_non_empty_folder(corpus_file: Path, tmp_path: Path) -> None:
