@@ -360,5 +360,130 @@ def data_list() -> None:
         print(name)
 
 
+@data_app.command("synth")
+@handle_errors
+def data_synth(
+    task: Annotated[str, typer.Argument(help="lag, markov or brackets.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the task's files.")],
+    length: Annotated[int, typer.Option(help="Characters of train.txt.")] = 200_000,
+    valid_length: Annotated[int, typer.Option(help="Characters of valid.txt.")] = 20_000,
+    lag: Annotated[int, typer.Option(help="lag: noise letters between key and repeat.")] = 10,
+    keys: Annotated[int, typer.Option(help="lag: distinct keys (capital letters).")] = 8,
+    alphabet: Annotated[
+        int, typer.Option(help="lag: noise letters (default 8); markov: symbols (default 4).")
+    ] = 0,
+    order: Annotated[int, typer.Option(help="markov: characters of context.")] = 3,
+    concentration: Annotated[
+        float, typer.Option(help="markov: Dirichlet concentration (small = predictable).")
+    ] = 0.5,
+    depth: Annotated[int, typer.Option(help="brackets: deepest nesting.")] = 8,
+    types: Annotated[int, typer.Option(help="brackets: kinds of bracket, 1 to 4.")] = 2,
+    open_prob: Annotated[float, typer.Option(help="brackets: chance of opening one.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 1,
+) -> None:
+    """Write a synthetic task (train.txt, valid.txt) and truth.json with its best achievable loss.
+
+    Examples:
+      charlm data synth lag --lag 20 --out data/lag20
+      charlm train data/lag20/train.txt --val-file data/lag20/valid.txt --out runs/lag20
+    """
+    from charlm.synth import write_task
+
+    truth = write_task(
+        out,
+        task,
+        length=length,
+        valid_length=valid_length,
+        lag=lag,
+        keys=keys,
+        alphabet=alphabet,
+        order=order,
+        concentration=concentration,
+        depth=depth,
+        types=types,
+        open_prob=open_prob,
+        seed=seed,
+    )
+    say(
+        f"wrote {out}/train.txt, valid.txt, truth.json: best loss {truth['best_loss']:.4f} "
+        f"nats/char ({truth['best_bits_per_char']:.4f} bits/char)"
+    )
+    print(out / "truth.json")
+
+
+@app.command()
+@handle_errors
+def gradients(
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories (or use --config).")
+    ] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="Text to draw windows from.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
+    batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
+    json_out: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG here.")] = None,
+    device: DeviceOpt = "cpu",
+    which: WhichOpt = "best",
+) -> None:
+    """Gradient of the last step's loss w.r.t. the hidden state k steps back, per layer.
+
+    Vanishing gradients show as a norm falling fast with k; exploding ones as a large maximum.
+
+    Examples:
+      charlm gradients runs/rnn runs/lstm --text valid.txt --max-lag 100 --plot grads.png
+      charlm gradients --set model.cell=rnn --set model.recurrent_init=identity --text input.txt
+    """
+    from charlm.errors import UsageError
+    from charlm.gradients import profile_config, profile_run
+
+    if text is None:
+        raise UsageError("--text FILE is required (the windows are drawn from it)")
+    options = {"max_lag": max_lag, "batch": batch, "seed": seed, "device": device}
+    if runs and (config is not None or overrides):
+        raise UsageError("give run directories or --config/--set (a fresh model), not both")
+    if runs:
+        profiles = [profile_run(r, text, which=_which(which), **options) for r in runs]
+    else:
+        profiles = [profile_config(config, overrides or [], text, **options)]
+    if json_out:
+        for profile in profiles:
+            print(json.dumps(profile.as_dict()))
+    else:
+        shown = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= max_lag]
+        for profile in profiles:
+            print(f"{profile.source}: {profile.cell} {profile.layers}x{profile.hidden_size}")
+            print(
+                "  lag " + "".join(f"  layer {i + 1} mean / max  " for i in range(profile.layers))
+            )
+            for k in shown:
+                cells = "".join(
+                    f"  {profile.grad_norm[i][k - 1]:10.3e} / {profile.grad_norm_max[i][k - 1]:9.3e}"
+                    for i in range(profile.layers)
+                )
+                print(f"  {k:3d}{cells}")
+    if plot is not None:
+        from charlm.plots import plot_gradient_profiles
+
+        say(f"wrote {plot_gradient_profiles(profiles, plot)}")
+
+
+@app.command()
+@handle_errors
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+) -> None:
+    """Training and validation curves (loss, bits per char, gradient norm) of runs, as a PNG.
+
+    Example: charlm plot runs/rnn runs/gru runs/lstm --out curves.png
+    """
+    from charlm.plots import plot_runs
+
+    say(f"wrote {plot_runs(runs, out)}")
+
+
 def main() -> None:
     app(prog_name="charlm")
