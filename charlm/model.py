@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import functional as F
 
 from charlm.config import ModelConfig
+from charlm.regularise import embedding_dropout, locked_dropout
 
 # The recurrent state: a tensor (layers, batch, hidden) for GRU/RNN, an (h, c) pair for LSTM.
 State = Tensor | tuple[Tensor, Tensor]
@@ -75,6 +78,14 @@ class RNNLanguageModel(nn.Module):
             **kwargs,
         )
         self.dropout = nn.Dropout(config.dropout)
+        # Weightless one-layer twins of self.rnn (on the meta device, outside the module tree):
+        # `functional_call` runs them with a layer's weights, so locked dropout between layers
+        # still uses the fused kernel. Index 0 takes the embedding, index 1 a layer's output.
+        with torch.device("meta"):
+            self._layer_shells = tuple(
+                _MODULES[config.cell](size, config.hidden_size, **kwargs)
+                for size in (config.embedding_dim, config.hidden_size)
+            )
         self.decoder = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -121,13 +132,62 @@ class RNNLanguageModel(nn.Module):
         h = torch.zeros(shape, device=device)
         return (h, torch.zeros(shape, device=device)) if self.config.cell == "lstm" else h
 
-    def forward(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        emb = self.dropout(self.embedding(tokens))  # (seq_len, batch, embedding_dim)
-        if self.config.leak > 0:
+    def forward(
+        self, tokens: Tensor, state: State, return_hidden: bool = False
+    ) -> tuple[Tensor, State] | tuple[Tensor, State, Tensor, Tensor]:
+        """Logits and the new state; with `return_hidden` also the last layer's output before
+        and after its dropout (seq_len, batch, hidden), for activation regularisation."""
+        c = self.config
+        emb = embedding_dropout(self.embedding, tokens, c.embedding_dropout, self.training)
+        emb = locked_dropout(self.dropout(emb), c.input_dropout, self.training)
+        if c.leak > 0:
             output, state = self._unrolled(emb, state)
+        elif self.training and (c.weight_drop or c.hidden_dropout):
+            output, state = self._regularised(emb, state)
         else:
             output, state = self.rnn(emb, state)  # (seq_len, batch, hidden)
-        return self.decoder(self.dropout(output)), state  # (seq_len, batch, vocab_size)
+        dropped = locked_dropout(self.dropout(output), c.output_dropout, self.training)
+        logits = self.decoder(dropped)  # (seq_len, batch, vocab_size)
+        if return_hidden:
+            return logits, state, output, dropped
+        return logits, state
+
+    def _regularised(self, emb: Tensor, state: State) -> tuple[Tensor, State]:
+        """Training forward with DropConnect on the recurrent weights (weight_drop) and locked
+        dropout between layers (hidden_dropout), still through the fused kernels.
+
+        The dropped w_hh is a fresh tensor passed in place of the parameter for this call, so
+        the gradient reaches the raw weight through the mask and `layer_weights` stay the raw
+        (evaluation) weights. One mask per forward: the same dropped weights at every step.
+        """
+        c = self.config
+        dropped_hh = [
+            F.dropout(getattr(self.rnn, f"weight_hh_l{k}"), c.weight_drop, training=True)
+            for k in range(c.layers)
+        ]
+        if not c.hidden_dropout:  # one fused call for the whole stack
+            swapped = {f"weight_hh_l{k}": w for k, w in enumerate(dropped_hh)}
+            return functional_call(self.rnn, swapped, (emb, state))
+        x, finals = emb, []
+        for k in range(c.layers):
+            w = self.layer_weights(k)
+            weights = {
+                "weight_ih_l0": w.w_ih,
+                "weight_hh_l0": dropped_hh[k],
+                "bias_ih_l0": w.b_ih,
+                "bias_hh_l0": w.b_hh,
+            }
+            if isinstance(state, tuple):
+                layer_state: State = (state[0][k : k + 1], state[1][k : k + 1])
+            else:
+                layer_state = state[k : k + 1]
+            x, final = functional_call(self._layer_shells[min(k, 1)], weights, (x, layer_state))
+            finals.append(final)
+            if k < c.layers - 1:
+                x = locked_dropout(self.dropout(x), c.hidden_dropout, True)
+        if isinstance(state, tuple):
+            return x, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
+        return x, torch.cat(finals)
 
     def _unrolled(self, emb: Tensor, state: State) -> tuple[Tensor, State]:
         """A step-by-step forward for cells no fused kernel implements (leaky units)."""
@@ -167,6 +227,83 @@ class RNNLanguageModel(nn.Module):
             x = h
         logits = self.decoder(x)
         if cell == "lstm":
+            return logits, (torch.stack(new_h), torch.stack(new_c))
+        return logits, torch.stack(new_h)
+
+
+class LeanStepper:
+    """A frozen copy of a model's weights laid out for one-token steps (sampling).
+
+    Each layer's weights are transposed to (input, gates * hidden) once, contiguous, with the
+    two biases added together where the equations allow, so a step is one or two `addmm` plus
+    in-place activations: about 3x `RNNLanguageModel.step` and 20x calling `nn.LSTM` on a
+    length-1 sequence on a CPU (docs/benchmarks.md). It reads the weights when built: build a
+    new one after the model changes. Outputs match `model.step` (tested to 1e-5).
+    """
+
+    def __init__(self, model: RNNLanguageModel) -> None:
+        config = model.config
+        self.cell, self.layers, self.leak = config.cell, config.layers, config.leak
+        hidden = config.hidden_size
+        self.hidden = hidden
+        with torch.no_grad():
+            self.embedding = model.embedding.weight.detach().clone()
+            self.decoder_t = model.decoder.weight.detach().t().contiguous()  # (hidden, vocab)
+            self.decoder_b = model.decoder.bias.detach().clone()
+            self.w_x: list[Tensor] = []  # GRU: (input, 3h); else [x; h] stacked (input + h, g*h)
+            self.w_h: list[Tensor] = []  # GRU only: (hidden, 3h)
+            self.b_x: list[Tensor] = []
+            self.b_h: list[Tensor] = []  # GRU only: zero but for b_hn, which r multiplies
+            for layer in range(self.layers):
+                w = model.layer_weights(layer)
+                if self.cell == "gru":
+                    # r and z see b_ih + b_hh; n sees b_in outside and b_hn inside r * (...).
+                    b_x = w.b_ih.detach().clone()
+                    b_x[: 2 * hidden] += w.b_hh[: 2 * hidden]
+                    b_h = torch.zeros_like(b_x)
+                    b_h[2 * hidden :] = w.b_hh[2 * hidden :]
+                    self.w_x.append(w.w_ih.detach().t().contiguous())
+                    self.w_h.append(w.w_hh.detach().t().contiguous())
+                    self.b_x.append(b_x)
+                    self.b_h.append(b_h)
+                else:
+                    # One product for input and state: [x, h] @ [W_ih^T; W_hh^T].
+                    self.w_x.append(torch.cat([w.w_ih, w.w_hh], dim=1).detach().t().contiguous())
+                    self.b_x.append((w.b_ih + w.b_hh).detach())
+
+    @torch.no_grad()
+    def __call__(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        """token (batch,) and a state as the model carries it -> logits (batch, vocab), state."""
+        x = self.embedding[token]  # (batch, embedding_dim)
+        hidden, new_h, new_c = self.hidden, [], []
+        for layer in range(self.layers):
+            if self.cell == "lstm":
+                h, c = state[0][layer], state[1][layer]  # type: ignore[index]
+                gates = torch.addmm(self.b_x[layer], torch.cat([x, h], dim=1), self.w_x[layer])
+                gates[:, : 2 * hidden].sigmoid_()  # i, f
+                gates[:, 2 * hidden : 3 * hidden].tanh_()  # g
+                gates[:, 3 * hidden :].sigmoid_()  # o
+                i, f, g, o = gates.chunk(4, dim=1)
+                c = f.mul_(c).addcmul_(i, g)
+                x = o.mul_(torch.tanh(c))
+                new_c.append(c)
+            elif self.cell == "gru":
+                h = state[layer]  # type: ignore[index]
+                gx = torch.addmm(self.b_x[layer], x, self.w_x[layer])  # (batch, 3 * hidden)
+                gh = torch.addmm(self.b_h[layer], h, self.w_h[layer])
+                rz = gx[:, : 2 * hidden].add_(gh[:, : 2 * hidden]).sigmoid_()
+                r, z = rz.chunk(2, dim=1)
+                n = gh[:, 2 * hidden :].mul_(r).add_(gx[:, 2 * hidden :]).tanh_()
+                x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            else:
+                h = state[layer]  # type: ignore[index]
+                new = torch.addmm(self.b_x[layer], torch.cat([x, h], dim=1), self.w_x[layer])
+                x = new.tanh_()
+                if self.leak:
+                    x = torch.lerp(x, h, self.leak)  # leak * h + (1 - leak) * new
+            new_h.append(x)
+        logits = torch.addmm(self.decoder_b, x, self.decoder_t)  # (batch, vocab)
+        if self.cell == "lstm":
             return logits, (torch.stack(new_h), torch.stack(new_c))
         return logits, torch.stack(new_h)
 

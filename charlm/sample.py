@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from charlm.checkpoint import load_checkpoint
 from charlm.device import resolve_device
 from charlm.errors import UsageError
-from charlm.model import RNNLanguageModel, State
+from charlm.model import LeanStepper, RNNLanguageModel, State
 from charlm.tokenizer import Encoder, StreamDecoder, special_ids
 
 
@@ -81,6 +81,7 @@ class Sampler:
         self.level: str = loaded.meta["level"]
         self.device = resolve_device(device if device != "auto" else "auto")
         self.model: RNNLanguageModel = loaded.build_model(self.device).eval()
+        self.step = LeanStepper(self.model)  # weights laid out once for one-token steps
         self.tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
         self.special = special_ids(self.tokenizer)
         self.encoder = Encoder(self.tokenizer, self.level)
@@ -134,7 +135,7 @@ class Sampler:
         end_id = self.special.get("end")
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         for position in range(options.length + (1 if sentence_mode else 0)):
-            logits, state = self.model.step(current, state)  # (n, vocab)
+            logits, state = self.step(current, state)  # (n, vocab)
             if banned_ids:
                 logits[:, banned_ids] = float("-inf")
             if sentence_mode and position < options.min_words and end_id is not None:
@@ -143,8 +144,9 @@ class Sampler:
                 logits[:] = float("-inf")  # the longest sentence allowed: end it here
                 logits[:, end_id] = 0.0
             current = choose(logits, options.temperature, options.top_k, options.top_p, generator)
+            finished = done.tolist()
             for i, token in enumerate(current.tolist()):
-                if not done[i]:
+                if not finished[i]:
                     out(i, token)
             if sentence_mode and end_id is not None:
                 done |= current == end_id

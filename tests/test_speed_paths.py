@@ -1,0 +1,57 @@
+"""The fast paths (lean sampling step, training precision and sync options) against the plain ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charlm.config import ModelConfig
+from charlm.model import LeanStepper, RNNLanguageModel
+
+
+def _model(cell: str, leak: float = 0.0) -> RNNLanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(cell=cell, layers=2, hidden_size=16, embedding_dim=8, leak=leak)
+    model = RNNLanguageModel(config, vocab_size=11).eval()
+    with torch.no_grad():  # non-zero biases everywhere, so a misplaced bias cannot hide
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    return model
+
+
+def _random_state(model: RNNLanguageModel, batch: int):
+    shape = (model.config.layers, batch, model.config.hidden_size)
+    if model.config.cell == "lstm":
+        return torch.randn(shape), torch.randn(shape)
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize(
+    ("cell", "leak"), [("gru", 0.0), ("lstm", 0.0), ("rnn", 0.0), ("rnn", 0.3)]
+)
+def test_lean_step_matches_the_full_model_over_several_steps(cell: str, leak: float) -> None:
+    model = _model(cell, leak)
+    lean = LeanStepper(model)
+    tokens = torch.randint(0, 11, (6, 3))  # (steps, batch)
+    full_state = lean_state = _random_state(model, 3)
+    with torch.inference_mode():
+        full_logits, _ = model(tokens, full_state)  # the fused kernel over the whole sequence
+        for t in range(tokens.shape[0]):
+            logits, lean_state = lean(tokens[t], lean_state)
+            torch.testing.assert_close(logits, full_logits[t], atol=1e-5, rtol=1e-5)
+            step_logits, full_state = model.step(tokens[t], full_state)
+            torch.testing.assert_close(logits, step_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lean_state, full_state, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_stepper_is_a_snapshot_of_the_weights() -> None:
+    model = _model("lstm")
+    lean = LeanStepper(model)
+    token, state = torch.tensor([1, 2]), _random_state(model, 2)
+    before, _ = lean(token, state)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.add_(1.0)
+    after, _ = lean(token, state)
+    torch.testing.assert_close(before, after)
+    assert not torch.allclose(LeanStepper(model)(token, state)[0], before)
