@@ -10,7 +10,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from charlm.tokenizer import (
     build_tokenizer,
     check_level,
     count_chars,
+    iter_chunks,
     load_tokenizer,
     save_tokenizer,
     special_ids,
@@ -192,16 +193,6 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def iter_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
-    """Pieces of about `size` characters, each ending at a line break (or the text's end)."""
-    start = 0
-    while start < len(text):
-        cut = text.find("\n", start + size)
-        cut = len(text) if cut < 0 else cut + 1
-        yield text[start:cut]
-        start = cut
-
-
 def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSettings) -> str:
     payload = {
         "format": FORMAT_VERSION,
@@ -282,12 +273,12 @@ def _fsync_replace(temp: Path, final: Path) -> None:
 
 
 def _write_ids(
-    path: Path, text: str, encoder: Encoder, dtype: np.dtype, advance
+    path: Path, text: str, encoder: Encoder, dtype: np.dtype, advance: Callable[[int], None]
 ) -> tuple[int, int]:
     """Encode `text` chunk by chunk and append to `path`; returns (tokens, largest id)."""
     tokens, largest = 0, -1
     with open(path, "wb") as file:
-        for chunk in iter_chunks(text):
+        for chunk in iter_chunks(text, CHUNK_CHARS):
             ids = encoder.encode(chunk)
             if ids.size:
                 largest = max(largest, int(ids.max()))
@@ -360,7 +351,9 @@ def prepare(
     (out_dir / META_FILE).unlink(missing_ok=True)
 
     report.line(f"building the {settings.level} tokenizer from {len(train_text):,} characters")
-    tokenizer = build_tokenizer(settings.level, iter_chunks(train_text), settings.vocab_size)
+    tokenizer = build_tokenizer(
+        settings.level, iter_chunks(train_text, CHUNK_CHARS), settings.vocab_size
+    )
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)

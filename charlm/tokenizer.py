@@ -153,15 +153,20 @@ def _build_bpe(text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def _line_batches(text_chunks: Iterable[str], batch_chars: int = 1 << 16) -> Iterator[str]:
-    """Cut chunks into pieces of about `batch_chars` at line ends so training runs in parallel."""
+def iter_chunks(text: str, size: int = 1 << 22) -> Iterator[str]:
+    """Pieces of about `size` characters, each ending at a line break (or the text's end)."""
+    start = 0
+    while start < len(text):
+        cut = text.find("\n", start + size)
+        cut = len(text) if cut < 0 else cut + 1
+        yield text[start:cut]
+        start = cut
+
+
+def _line_batches(text_chunks: Iterable[str]) -> Iterator[str]:
+    """Pieces of about 64K characters, cut at line ends, so that training runs in parallel."""
     for chunk in text_chunks:
-        start = 0
-        while start < len(chunk):
-            cut = chunk.find("\n", start + batch_chars)
-            cut = len(chunk) if cut < 0 else cut + 1
-            yield chunk[start:cut]
-            start = cut
+        yield from iter_chunks(chunk, 1 << 16)
 
 
 def tokenizer_level(tokenizer: Tokenizer) -> str:

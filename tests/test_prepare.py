@@ -329,3 +329,16 @@ def test_load_prepared_errors(tmp_path: Path, corpus_file: Path) -> None:
     (out / "val.bin").write_bytes(b"\x00")
     with pytest.raises(DataError, match="wrong size"):
         load_prepared(out)
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_small_chunks_give_the_same_ids(
+    corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    run(corpus_file, tmp_path / "whole", level=level, vocab_size=30)
+    monkeypatch.setattr(prepare_module, "CHUNK_CHARS", 50)
+    run(corpus_file, tmp_path / "chunked", level=level, vocab_size=30)
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (
+            tmp_path / "chunked" / name
+        ).read_bytes()
