@@ -9,6 +9,8 @@ On disk, a run directory holds:
             model.safetensors        weights (safetensors: tensors only, nothing to execute)
             optimizer.pt             optimizer state, loaded with torch.load(weights_only=True)
             train_state.safetensors  carried hidden state and torch RNG states
+            raw_model.safetensors    only while NT-ASGD averages: the raw weights (model.*
+                                     then holds the average, which sampling and evaluation use)
             state.json               format version, step, data cursor, Python/NumPy RNG, scores
             config.yaml              the run's settings (rebuilds the model without the run)
             tokenizer.json           the vocabulary (tokenizers.Tokenizer.from_file loads it)
@@ -91,8 +93,13 @@ def save_checkpoint(
     state: TrainingState,
     is_best: bool,
     keep: int,
+    raw_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write step-NNNNNNNN/ atomically, move the pointers, prune old ones; returns the folder."""
+    """Write step-NNNNNNNN/ atomically, move the pointers, prune old ones; returns the folder.
+
+    `raw_weights` (NT-ASGD, while averaging): the weights the optimiser steps, saved beside the
+    model's (which then hold the average) as raw_model.safetensors, for resume.
+    """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:08d}"
@@ -102,6 +109,11 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT_NAME})
+    if raw_weights is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in raw_weights.items()},
+            str(tmp / "raw_model.safetensors"),
+        )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()},
@@ -252,6 +264,16 @@ class LoadedCheckpoint:
                     "the file is not from charlm and may be malicious"
                 ) from None
             raise CheckpointError(f"{path}: damaged optimizer state ({_short(exc)})") from None
+
+    def raw_weights(self) -> dict[str, torch.Tensor] | None:
+        """The optimiser's raw weights when the checkpoint was saved mid-averaging, else None."""
+        path = self.path / "raw_model.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: damaged raw weights ({_short(exc)})") from None
 
     def train_tensors(self) -> dict[str, torch.Tensor]:
         path = self.path / "train_state.safetensors"

@@ -34,6 +34,15 @@ class DataConfig:
         return problems
 
 
+_DROPOUTS = (
+    "embedding_dropout",
+    "input_dropout",
+    "hidden_dropout",
+    "output_dropout",
+    "weight_drop",
+)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Literal["gru", "lstm", "rnn"] = "gru"  # rnn is a plain tanh RNN, for comparison
@@ -47,6 +56,12 @@ class ModelConfig:
     forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
+    # AWD-LSTM's regularisers (Merity et al. 2017); its WikiText-2 values in brackets.
+    embedding_dropout: float = 0.0  # drop whole words from the embedding [0.1]
+    input_dropout: float = 0.0  # locked (same mask every step) dropout on the embedding [0.65]
+    hidden_dropout: float = 0.0  # locked dropout between layers [0.2]
+    output_dropout: float = 0.0  # locked dropout on the last layer's output [0.4]
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights [0.5]
 
     def validate(self) -> list[str]:
         problems = []
@@ -62,6 +77,14 @@ class ModelConfig:
             )
         if not 0.0 <= self.leak < 1.0:
             problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
+        for name in _DROPOUTS:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"model.{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.leak > 0 and (self.weight_drop or self.hidden_dropout):
+            problems.append(
+                "model.weight_drop and model.hidden_dropout need the fused kernels: "
+                "set them to 0 with model.leak"
+            )
         if self.leak > 0 and self.cell != "rnn":
             problems.append(
                 "model.leak applies to model.cell=rnn only (gated cells leak by design)"
@@ -71,15 +94,24 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["rmsprop", "adam", "adamw"] = "rmsprop"
+    # asgd: AWD-LSTM's NT-ASGD: plain SGD, then the running mean of the weights (used for
+    # evaluation and sampling) once validation has not improved for `nonmono` evaluations.
+    name: Literal["rmsprop", "adam", "adamw", "asgd"] = "rmsprop"
     lr: float = 1e-3
     alpha: float = 0.9  # RMSProp decay of the squared-gradient average (the tutorial's 0.9)
     eps: float = 1e-6
     weight_decay: float = 0.0
     clip_norm: float = 5.0  # clip the global gradient norm to this (0 = off)
     clip_value: float = 0.0  # clip each gradient element to [-v, v] (0 = off)
-    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over max_steps
+    # cosine: to lr/10 over max_steps; decay: char-rnn's, times decay_rate after each epoch from
+    # decay_after_epochs on; plateau: times decay_rate after plateau_patience evaluations
+    # without a new best validation loss.
+    schedule: Literal["constant", "cosine", "decay", "plateau"] = "constant"
     warmup_steps: int = 0  # linear warm-up from 0 to lr
+    decay_rate: float = 0.97  # schedule=decay/plateau: the factor (char-rnn's 0.97; plateau: 0.5)
+    decay_after_epochs: float = 10.0  # schedule=decay: first decay at the end of this epoch
+    plateau_patience: int = 1  # schedule=plateau: evaluations without improvement before a cut
+    nonmono: int = 5  # name=asgd: start averaging after this many evaluations without a best
 
     def validate(self) -> list[str]:
         problems = []
@@ -92,6 +124,15 @@ class OptimConfig:
         for name in ("weight_decay", "clip_norm", "clip_value", "warmup_steps"):
             if getattr(self, name) < 0:
                 problems.append(f"optim.{name} must not be negative (got {getattr(self, name)})")
+        if not 0.0 < self.decay_rate <= 1.0:
+            problems.append(f"optim.decay_rate must be in (0, 1] (got {self.decay_rate})")
+        if self.decay_after_epochs < 0:
+            problems.append(
+                f"optim.decay_after_epochs must not be negative (got {self.decay_after_epochs})"
+            )
+        for name in ("plateau_patience", "nonmono"):
+            if getattr(self, name) < 1:
+                problems.append(f"optim.{name} must be at least 1 (got {getattr(self, name)})")
         return problems
 
 
@@ -110,6 +151,12 @@ class TrainConfig:
     seed: int = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = 0  # CPU intra-op threads (0 = PyTorch's default)
+    grad_accum: int = 1  # micro-batches per optimiser step; global batch: x it x processes
+    dist_timeout_s: float = 600.0  # torchrun jobs: end with an error if a rank is silent this long
+    ar_alpha: float = 0.0  # activation regularisation of the last layer's output (AWD-LSTM: 2)
+    tar_beta: float = 0.0  # temporal activation regularisation (AWD-LSTM: 1)
+    variable_bptt: bool = False  # AWD-LSTM's random window: seq_len (p=0.95) or half, then N(., 5)
+    patience: int = 0  # stop after this many evaluations without a new best (0 = never)
 
     def validate(self) -> list[str]:
         problems = []
@@ -131,6 +178,13 @@ class TrainConfig:
             )
         if self.max_bad_steps < 1:
             problems.append(f"train.max_bad_steps must be at least 1 (got {self.max_bad_steps})")
+        if self.grad_accum < 1:
+            problems.append(f"train.grad_accum must be at least 1 (got {self.grad_accum})")
+        if self.dist_timeout_s <= 0:
+            problems.append(f"train.dist_timeout_s must be positive (got {self.dist_timeout_s})")
+        for name in ("ar_alpha", "tar_beta", "patience"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
         return problems
 
 
@@ -142,7 +196,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> list[str]:
-        return [p for section in fields(self) for p in getattr(self, section.name).validate()]
+        problems = [p for section in fields(self) for p in getattr(self, section.name).validate()]
+        if self.train.variable_bptt and self.data.batching == "sentence":
+            problems.append(
+                "train.variable_bptt applies to stream batching (sentences set their own length)"
+            )
+        return problems
 
 
 # Settings that may differ when a run is resumed; anything else changes the model or the data.
@@ -158,11 +217,21 @@ RESUME_SAFE_KEYS = frozenset(
         "train.max_bad_steps",
         "train.device",
         "train.threads",
+        # batch_size and grad_accum may change together with the number of processes as long
+        # as the global batch stays the same (train.py checks; the stream layout is then equal).
+        "train.batch_size",
+        "train.grad_accum",
+        "train.dist_timeout_s",
         "optim.lr",
         "optim.schedule",
         "optim.warmup_steps",
         "optim.clip_norm",
         "optim.clip_value",
+        "optim.decay_rate",
+        "optim.decay_after_epochs",
+        "optim.plateau_patience",
+        "optim.nonmono",
+        "train.patience",
     }
 )
 
@@ -356,12 +425,13 @@ def build_config(
             continue
         section, name = key.split(".", 1)
         _merge(merged, {section: {name: value}}, "--set", problems)
-    if not problems:
-        config = RunConfig(**{name: cls(**merged[name]) for name, cls in _SECTION_CLASSES.items()})
-        problems = config.validate()
-        if not problems:
-            return config
-    raise ConfigError("\n".join(problems))
+    # Values that failed to parse were never merged, so the rest can still be checked: every
+    # problem is reported in one go.
+    config = RunConfig(**{name: cls(**merged[name]) for name, cls in _SECTION_CLASSES.items()})
+    problems += config.validate()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:

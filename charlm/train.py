@@ -38,9 +38,11 @@ from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
 from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageError
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
+from charlm.gradients import layer_grad_norms
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
 from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
+from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -61,19 +63,70 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.O
         )
     if optim.name == "adam":
         return torch.optim.Adam(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.name == "asgd":  # plain SGD; the averaging is WeightAverager's, once triggered
+        return torch.optim.SGD(params, lr=optim.lr, weight_decay=optim.weight_decay)
     return torch.optim.AdamW(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
 
 
-def learning_rate(optim: OptimConfig, step: int, total_steps: int) -> float:
-    """The rate for optimiser step `step` (0-based): a pure function, so resume needs no state."""
+def learning_rate(
+    optim: OptimConfig, step: int, total_steps: int, epoch: int = 0, plateau_scale: float = 1.0
+) -> float:
+    """The rate for optimiser step `step` (0-based) after `epoch` completed epochs.
+
+    A pure function of its arguments, so resume needs no state beyond the cursor and, for
+    schedule=plateau, the scale that past plateaus left (`plateau_scale`, saved in checkpoints).
+    """
     if optim.warmup_steps and step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "decay":  # char-rnn: decay at the end of each epoch >= decay_after
+        decays = max(0, epoch - max(1, math.ceil(optim.decay_after_epochs)) + 1)
+        return optim.lr * optim.decay_rate**decays
+    if optim.schedule == "plateau":
+        return optim.lr * plateau_scale
     if optim.schedule == "cosine":
         span = max(1, total_steps - optim.warmup_steps)
         progress = min(1.0, (step - optim.warmup_steps) / span)
         floor = optim.lr * 0.1  # decay to a tenth, not to zero (as nanoGPT does)
         return floor + 0.5 * (optim.lr - floor) * (1 + math.cos(math.pi * progress))
     return optim.lr
+
+
+def bptt_length(seq_len: int, seed: int, step: int) -> int:
+    """AWD-LSTM's variable window: seq_len (p=0.95) or seq_len/2, then a normal draw around it
+    (sd 5, at least 5 tokens), so windows start at ever-different offsets across epochs.
+
+    Drawn from a generator seeded by (seed, step): every process draws the same length, and a
+    resumed run draws what the uninterrupted one would have, without saving any state.
+    """
+    rng = np.random.default_rng([seed, step])
+    base = seq_len if rng.random() < 0.95 else seq_len / 2
+    return max(5, int(rng.normal(base, 5)))
+
+
+def _after_validation(
+    config: RunConfig,
+    val_loss: float,
+    is_best: bool,
+    counters: dict[str, int],
+    val_history: list[float],
+    plateau: dict[str, float],
+    averager: WeightAverager,
+) -> bool:
+    """Update what validation drives: NT-ASGD's trigger, the plateau schedule, the patience
+    count. Returns whether train.patience is spent (stop now)."""
+    val_history.append(val_loss)
+    optim = config.optim
+    if optim.name == "asgd" and not averager.is_active:
+        if should_start_averaging(val_history, optim.nonmono):
+            averager.start()
+    counters["evals_since_best"] = 0 if is_best else counters["evals_since_best"] + 1
+    if optim.schedule == "plateau":
+        plateau["bad_evals"] = 0 if is_best else plateau["bad_evals"] + 1
+        if plateau["bad_evals"] >= optim.plateau_patience:
+            plateau["scale"] *= optim.decay_rate
+            plateau["bad_evals"] = 0
+    patience = config.train.patience
+    return bool(patience) and counters["evals_since_best"] >= patience
 
 
 def _state_tensors(state: State) -> dict[str, torch.Tensor]:
@@ -304,7 +357,10 @@ def _train(
 
     step, cursor = 0, Cursor()
     best_val: float | None = None
-    counters = {"bad_steps": 0, "clipped_steps": 0}
+    counters = {"bad_steps": 0, "clipped_steps": 0, "evals_since_best": 0}
+    averager = WeightAverager(model)  # stays idle unless optim.name=asgd triggers it
+    val_history: list[float] = []  # every validation loss, for NT-ASGD's trigger
+    plateau = {"scale": 1.0, "bad_evals": 0}  # schedule=plateau's state
     state: State = model.initial_state(t.batch_size, device)
     if loaded is not None:
         model.load_state_dict(loaded.build_model(device).state_dict())
@@ -316,6 +372,15 @@ def _train(
         cursor = Cursor(**info["cursor"])
         best_val = info.get("best_val_loss")
         counters.update(info.get("counters", {}))
+        val_history = list(info.get("val_history", []))
+        plateau.update(info.get("plateau", {}))
+        raw = loaded.raw_weights()
+        if raw is not None:  # averaging: model.safetensors held the mean, this the raw weights
+            average = {n: p.detach().clone() for n, p in model.named_parameters()}
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(raw[name])
+            averager.load(average, int(info["averaged_steps"]))
         if info.get("world_size", 1) != dist.world_size:
             raise UsageError(
                 f"{run_dir}: the run was trained by {info.get('world_size')} processes and is "
@@ -348,6 +413,10 @@ def _train(
     tokenizer_json = (data.data_dir / "tokenizer.json").read_text(encoding="utf-8")
 
     def validate() -> EvalResult:
+        with averager.applied():  # NT-ASGD: score the averaged weights
+            return _validate()
+
+    def _validate() -> EvalResult:
         nll, predicted = evaluate_ids(
             model,
             data.val_ids,
@@ -374,22 +443,30 @@ def _train(
             "best_val_loss": best_val,
             "last_val_loss": last_val.loss if last_val else None,
             "counters": counters,
+            "val_history": val_history,
+            "plateau": plateau,
+            "averaged_steps": averager.count,
             "rng": rng_info,
             "world_size": dist.world_size,
             "data_dir": str(data.data_dir.resolve()),
             "parameters": params,
         }
-        save_checkpoint(
-            run_dir,
-            model,
-            optimizer,
-            config,
-            tokenizer_json,
-            data.meta,
-            TrainingState(step, info, {**_state_tensors(state), **rng_tensors}),
-            is_best=is_best,
-            keep=t.keep_checkpoints,
-        )
+        # Averaging: model.safetensors gets the mean (what sample and evaluate load), the
+        # raw weights go beside it for resume.
+        raw = averager.raw_weights() if averager.is_active else None
+        with averager.applied():
+            save_checkpoint(
+                run_dir,
+                model,
+                optimizer,
+                config,
+                tokenizer_json,
+                data.meta,
+                TrainingState(step, info, {**_state_tensors(state), **rng_tensors}),
+                is_best=is_best,
+                keep=t.keep_checkpoints,
+                raw_weights=raw,
+            )
 
     display = TrainingDisplay(total_steps, step, enabled=show)
     throughput = Throughput()
@@ -398,6 +475,7 @@ def _train(
     loss_sum = torch.zeros((), device=device)
     interval_steps = interval_clipped = bad_streak = 0
     last_grad_norm = 0.0
+    layer_norms: list[float | None] = []  # per recurrent layer, at the last eval step
     model.train()
     try:
         with _SignalFlag() as flag:
@@ -410,19 +488,30 @@ def _train(
                         f"`charlm train --out {run_dir} --resume`",
                         exit_code=SIGNAL_EXIT_CODES[flag.received],
                     )
-                x, y, next_cursor = batcher.batch(cursor)
+                length = bptt_length(t.seq_len, t.seed, step) if t.variable_bptt else None
+                x, y, next_cursor = batcher.batch(cursor, length)
                 if cursor.position == 0 or not batcher.carries_state:
                     state = model.initial_state(x.shape[1], device)
                 inputs, targets = to_tensors(x, y, device)
-                lr = learning_rate(config.optim, step, total_steps)
+                lr = learning_rate(config.optim, step, total_steps, cursor.epoch, plateau["scale"])
+                if length is not None:  # AWD-LSTM: a longer window takes a larger step
+                    lr *= length / t.seq_len
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits, new_state = model(inputs, state)  # (seq_len, batch, vocab)
+                if t.ar_alpha or t.tar_beta:
+                    logits, new_state, output, dropped = model(inputs, state, return_hidden=True)
+                else:
+                    logits, new_state = model(inputs, state)  # (seq_len, batch, vocab)
                 loss = F.cross_entropy(
                     logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=IGNORE_INDEX
                 )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if t.ar_alpha or t.tar_beta:  # reported loss stays the plain cross-entropy
+                    (loss + activation_penalty(output, t.ar_alpha, t.tar_beta, dropped)).backward()
+                else:
+                    loss.backward()
+                if (step + 1) % t.eval_every == 0 or step + 1 >= total_steps:
+                    layer_norms = layer_grad_norms(model)  # before clipping; logged at eval
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), config.optim.clip_norm or math.inf
                 )  # the norm before clipping
@@ -432,6 +521,7 @@ def _train(
                 is_finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
                 if is_finite:
                     optimizer.step()
+                    averager.update()
                     state = detach_state(new_state)
                     bad_streak = 0
                     loss_sum += loss.detach()
@@ -477,19 +567,26 @@ def _train(
                     metrics.write(record)
                     display.update(
                         step,
-                        f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {last_grad_norm:.2f}",
+                        f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {last_grad_norm:.2f}  "
+                        f"clipped {record['clipped_fraction']:.0%}",
                         is_log_step=True,
                     )
                     loss_sum.zero_()
                     interval_steps = interval_clipped = 0
                 elif display.is_terminal:
                     display.update(step, "", is_log_step=False)
-                is_best = False
+                is_best = is_patience_spent = False
                 if step % t.eval_every == 0 or is_last:
                     last_val = validate()
                     is_best = best_val is None or last_val.loss < best_val
                     if is_best:
                         best_val = last_val.loss
+                    was_averaging = averager.is_active
+                    is_patience_spent = _after_validation(
+                        config, last_val.loss, is_best, counters, val_history, plateau, averager
+                    )
+                    if averager.is_active and not was_averaging:
+                        display.message(f"step {step}: validation stalled; averaging weights")
                     metrics.write(
                         {
                             "kind": "val",
@@ -497,6 +594,7 @@ def _train(
                             "val_loss": last_val.loss,
                             "val_perplexity": last_val.perplexity,
                             "val_bits_per_char": last_val.bits_per_char,
+                            "grad_norm_layers": layer_norms,
                             "elapsed_s": time.perf_counter() - started,
                         }
                     )
@@ -505,8 +603,14 @@ def _train(
                         f"{last_val.perplexity:.2f}, {last_val.bits_per_char:.3f} bits/char"
                         + ("  (best)" if is_best else "")
                     )
-                if is_best or step % t.checkpoint_every == 0 or is_last:
+                if is_best or step % t.checkpoint_every == 0 or is_last or is_patience_spent:
                     checkpoint(is_best)
+                if is_patience_spent:
+                    display.message(
+                        f"step {step}: no better validation loss in {t.patience} evaluations; "
+                        "stopped early (train.patience)"
+                    )
+                    break
     finally:
         display.close()
         metrics.close()
