@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,9 +258,11 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it, "
                 "--force to start over (its checkpoints are deleted), or another --out"
             )
-    dist = setup_distributed(config.train.device)
+    dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         return _train(run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress)
+    except torch.distributed.DistError as exc:  # a collective failed: another rank died or hung
+        raise dist.peer_failure(exc) from None
     finally:
         dist.close()
 
@@ -310,12 +313,200 @@ def _make_batcher(
             data.train_ids,
             special["start"],
             special["end"],
-            t.batch_size,
+            t.batch_size * t.grad_accum,
             seed=t.seed,
             rank=dist.rank,
             world_size=dist.world_size,
         )
-    return StreamBatcher(data.train_ids, t.batch_size, t.seq_len, dist.rank, dist.world_size)
+    return StreamBatcher(
+        data.train_ids, t.batch_size * t.grad_accum, t.seq_len, dist.rank, dist.world_size
+    )
+
+
+def _micro_batches(
+    x: np.ndarray, y: np.ndarray, grad_accum: int
+) -> list[tuple[np.ndarray, np.ndarray, slice]]:
+    """A process's batch (seq_len, batch_size * grad_accum) as grad_accum column groups.
+
+    Each group keeps its own streams (and `slice` of the carried state); a group of sentences
+    is cut to its own longest sentence, as the rows below it are padding that no target reads.
+    """
+    if grad_accum == 1:
+        return [(x, y, slice(None))]
+    width = x.shape[1] // grad_accum
+    groups = []
+    for index in range(grad_accum):
+        columns = slice(index * width, (index + 1) * width)
+        length = int(np.count_nonzero(y[:, columns] != IGNORE_INDEX, axis=0).max())
+        groups.append(
+            (
+                np.ascontiguousarray(x[:length, columns]),
+                np.ascontiguousarray(y[:length, columns]),
+                columns,
+            )
+        )
+    return groups
+
+
+def _step_tokens(
+    dist: DistContext,
+    micro_batches: list[tuple[np.ndarray, np.ndarray, slice]],
+    is_stream: bool,
+    device: torch.device,
+) -> int:
+    """Targets in this step's global batch: every process's, all micro-batches."""
+    local = sum(int(np.count_nonzero(y != IGNORE_INDEX)) for _, y, _ in micro_batches)
+    if is_stream:  # every process reads windows of the same shape
+        return local * dist.world_size
+    return int(dist.all_reduce_sum(torch.tensor(float(local), device=device)))
+
+
+def _slice_state(state: State, columns: slice) -> State:
+    if columns == slice(None):
+        return state
+    if isinstance(state, tuple):
+        return tuple(s[:, columns].contiguous() for s in state)  # type: ignore[return-value]
+    return state[:, columns].contiguous()
+
+
+def _join_states(states: list[State]) -> State:
+    if len(states) == 1:
+        return states[0]
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))  # type: ignore[return-value]
+    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+
+
+def _gather_state(dist: DistContext, state: State) -> State:
+    """The carried state of every stream of the job, in global stream order (for checkpoints)."""
+    if isinstance(state, tuple):
+        return tuple(dist.gather_columns(s) for s in state)  # type: ignore[return-value]
+    return dist.gather_columns(state)
+
+
+def _shard_state(
+    tensors: dict[str, torch.Tensor], first: int, count: int, device: torch.device
+) -> State:
+    """This process's streams [first, first + count) of a checkpoint's carried state."""
+    h = tensors["state_h"][:, first : first + count].contiguous().to(device)
+    if "state_c" in tensors:
+        return (h, tensors["state_c"][:, first : first + count].contiguous().to(device))
+    return h
+
+
+def _agree(
+    dist: DistContext, loss: torch.Tensor, grad_norm: torch.Tensor, signum: int | None
+) -> tuple[float, bool, int | None]:
+    """One small all-reduce per step: the global batch's loss, whether any process saw a
+    non-finite loss or gradient, and whether any got SIGINT/SIGTERM, so that all processes
+    step, skip or stop together. Alone, it is the loop's one read-back per step.
+    """
+    flags = [signum == signal.SIGINT, signum == signal.SIGTERM]
+    values = torch.cat(
+        [
+            loss.detach().double().reshape(1),
+            (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).double().reshape(1),
+            torch.tensor(flags, dtype=torch.float64, device=loss.device),
+        ]
+    )
+    total, bad, interrupts, terminates = dist.all_reduce_sum(values).tolist()
+    stop = signal.SIGTERM if terminates else signal.SIGINT if interrupts else None
+    return total, bad == 0, stop
+
+
+def _check_global_batch(
+    loaded: LoadedCheckpoint, config: RunConfig, world_size: int, run_dir: Path
+) -> None:
+    """Resume on any number of processes that keeps the global batch (so the streams)."""
+    old, new = loaded.config.train, config.train
+    saved_world = int(loaded.info.get("world_size", 1))
+    saved = old.batch_size * saved_world * old.grad_accum
+    wanted = new.batch_size * world_size * new.grad_accum
+    if saved == wanted:
+        return
+    per_step = new.batch_size * world_size
+    hint = (
+        f"--set train.grad_accum={saved // per_step}"
+        if saved % per_step == 0
+        else f"train.batch_size x processes x train.grad_accum = {saved}"
+    )
+    raise UsageError(
+        f"{run_dir}: the run's global batch is {saved} (batch_size {old.batch_size} x "
+        f"{saved_world} processes x grad_accum {old.grad_accum}) but this resume makes it "
+        f"{wanted} ({new.batch_size} x {world_size} x {new.grad_accum}), which would change "
+        f"the data layout; keep it, e.g. {hint}"
+    )
+
+
+def _restore_rank_rng(
+    tensors: dict[str, torch.Tensor], dist: DistContext, device: torch.device, seed: int, step: int
+) -> None:
+    """Each process's own torch generators (its dropout masks), saved by rank.
+
+    A process the saved run did not have starts a fresh generator from (seed, rank, step).
+    """
+    saved = tensors.get("rng_torch_ranks")
+    if saved is None:  # a checkpoint from before per-rank states: rank 0's state is restored
+        return
+    if dist.rank >= saved.shape[0]:
+        torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank, step]).generate_state(1)[0]))
+        return
+    torch.set_rng_state(saved[dist.rank].contiguous())
+    saved_cuda = tensors.get("rng_cuda_ranks")
+    if saved_cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved_cuda[dist.rank].contiguous(), device)
+
+
+def _evaluate_split(
+    model: RNNLanguageModel,
+    ids: np.ndarray,
+    config: RunConfig,
+    dist: DistContext,
+    device: torch.device,
+    special: dict,
+) -> tuple[float, int]:
+    """Summed loss and predicted tokens over a split, computed once by all processes together.
+
+    Streams: each process scores its share of the same streams the global batch has, so the
+    result does not depend on how the batch is split. Sentences: each process scores a
+    contiguous share of the sentences (cut at sentence starts, so no process is handed an
+    empty batch); sentences start from a zero state, so the sum is the same either way.
+    """
+    t = config.train
+    if config.data.batching != "sentence" or not dist.is_distributed:
+        return evaluate_ids(
+            model,
+            ids,
+            batching=config.data.batching,
+            batch_size=t.batch_size * t.grad_accum,
+            seq_len=t.seq_len,
+            device=device,
+            special_ids=special,
+            max_batches=t.eval_batches,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            reduce=dist.all_reduce_sum,
+        )
+    starts = np.flatnonzero(np.asarray(ids) == special["start"])
+    limit = len(starts)
+    if t.eval_batches:  # the sentences that many global batches hold, as one process scores
+        limit = min(limit, t.eval_batches * t.batch_size * t.grad_accum * dist.world_size)
+    share = -(-limit // dist.world_size)  # sentences per process; the last may get fewer
+    first, stop = dist.rank * share, min((dist.rank + 1) * share, limit)
+    nll, predicted = 0.0, 0
+    if first < stop:
+        end = int(starts[stop]) if stop < len(starts) else len(ids)
+        nll, predicted = evaluate_ids(
+            model,
+            ids[int(starts[first]) : end],
+            batching="sentence",
+            batch_size=t.batch_size * t.grad_accum,
+            seq_len=t.seq_len,
+            device=device,
+            special_ids=special,
+        )
+    total = dist.all_reduce_sum(torch.tensor([nll, predicted], dtype=torch.float64, device=device))
+    return float(total[0]), int(total[1])
 
 
 def _train(
