@@ -1,0 +1,51 @@
+"""Helpers for the tests: tiny corpora, tiny training runs, and running the CLI."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from charlm.cli import app
+
+# Small enough to train in about a second on a CPU, large enough to learn something.
+TINY = (
+    "--set",
+    "model.layers=1",
+    "--set",
+    "model.hidden_size=16",
+    "--set",
+    "model.embedding_dim=8",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.seq_len=16",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.eval_every=10",
+    "--set",
+    "train.checkpoint_every=10",
+)
+
+
+def pattern_text(length: int = 6000, seed: int = 0) -> str:
+    """A repeating phrase with a little noise: a char model learns it within a few dozen steps."""
+    rng = random.Random(seed)
+    words = ["abc ", "abd ", "xyz\n"]
+    out = []
+    while sum(map(len, out)) < length:
+        out.append(rng.choice(words) if rng.random() < 0.2 else "abc abd xyz\n")
+    return "".join(out)
+
+
+def write_corpus(folder: Path, text: str | None = None, name: str = "corpus.txt") -> Path:
+    path = folder / name
+    path.write_text(text if text is not None else pattern_text(), encoding="utf-8")
+    return path
+
+
+def cli(*args: str | Path) -> object:
+    """Run the CLI in-process; the result has exit_code, stdout and stderr."""
+    return CliRunner().invoke(app, [str(a) for a in args])

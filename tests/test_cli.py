@@ -1,0 +1,88 @@
+"""The command line: help, exit codes, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import TINY, cli, write_corpus
+
+
+def test_help_and_version() -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in ("prepare", "train", "sample", "evaluate", "info", "data", "config"):
+        assert command in result.stdout
+    assert cli("--version").stdout.startswith("charlm ")
+
+
+def test_python_dash_m_works() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "charlm", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stdout.startswith("charlm ")
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert cli("nonsense").exit_code == 2
+    corpus = write_corpus(tmp_path)
+    for args, message in [
+        (("--set", "model.hiden_size=3"), "did you mean 'model.hidden_size'"),
+        (("--set", "train.seed"), "expected key=value"),
+        (("--set", "train.batch_size=0"), "train.batch_size must be at least 1"),
+        (("--set", "train.device=cuda"), "train.device=cuda but this PyTorch sees no CUDA"),
+        (("--config", tmp_path / "missing.yaml"), "missing.yaml: config file not found"),
+    ]:
+        result = cli("train", corpus, "--out", tmp_path / "run", "-q", *args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.startswith("charlm: error: ")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_corpora_are_one_line_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    tiny = write_corpus(tmp_path, "ab\n" * 3, "tiny.txt")
+    for path, code in [(tmp_path / "missing.txt", 1), (empty, 1), (binary, 1), (tiny, 1)]:
+        result = cli("train", path, "--out", tmp_path / f"run-{path.stem}", "-q")
+        assert result.exit_code == code, (path, result.stderr)
+        assert path.name in result.stderr or "too few" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = cli("--debug", "sample", tmp_path)
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_config_show_prints_resolved_yaml() -> None:
+    result = cli(
+        "config", "show", "--config", "configs/tutorial-gru.yaml", "--set", "train.seed=42"
+    )
+    assert result.exit_code == 0
+    assert "seed: 42" in result.stdout and "level: word" in result.stdout
+
+
+def test_prepare_then_train_from_data(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    result = cli("prepare", corpus, "--out", tmp_path / "data")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "data" / "train.bin").is_file()
+    result = cli(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run",
+        "-q",
+        *TINY,
+        "--set",
+        "train.max_steps=5",
+    )
+    assert result.exit_code == 0, result.stderr
+    result = cli("train", corpus, "--data", tmp_path / "data", "--out", tmp_path / "run2")
+    assert result.exit_code == 2 and "either TEXT or --data" in result.stderr

@@ -1,0 +1,209 @@
+"""Training: it learns, resumes bit-exactly, refuses unsafe changes, and survives bad steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, pattern_text, write_corpus
+from safetensors.torch import load_file
+
+from charlm.checkpoint import step_dirs
+from charlm.errors import TrainingStopped, UsageError
+from charlm.metrics import read_metrics
+from charlm.sample import SampleOptions, Sampler
+from charlm.train import train
+
+
+def overrides(*extra: str) -> list[str]:
+    pairs = list(TINY) + [x for item in extra for x in ("--set", item)]
+    return [pairs[i + 1] for i in range(0, len(pairs), 2)]
+
+
+def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+
+
+def test_tiny_model_learns_the_pattern(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    result = train(
+        tmp_path / "run",
+        text=corpus,
+        overrides=overrides("train.max_steps=120", "optim.lr=0.01"),
+        show_progress=False,
+    )
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    val = [r for r in records if r["kind"] == "val"]
+    assert val[-1]["val_loss"] < 0.6 * val[0]["val_loss"]
+    assert result.best_val_loss == min(r["val_loss"] for r in val)
+    first = next(r for r in records if r["kind"] == "train")
+    assert {
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "elapsed_s",
+        "clipped_fraction",
+    } <= set(first)
+    assert {"step", "val_loss", "val_bits_per_char"} <= set(val[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resume_is_bit_exact(tmp_path: Path, cell: str) -> None:
+    corpus = write_corpus(tmp_path)
+    common = ("model.dropout=0.3", "model.layers=2", f"model.cell={cell}")
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train(
+        straight,
+        text=corpus,
+        overrides=overrides(*common, "train.max_steps=30"),
+        show_progress=False,
+    )
+    train(
+        halves, text=corpus, overrides=overrides(*common, "train.max_steps=15"), show_progress=False
+    )
+    train(
+        halves, overrides=overrides(*common, "train.max_steps=30"), resume=True, show_progress=False
+    )
+    a, b = weights(straight, 30), weights(halves, 30)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    val = [
+        {
+            r["step"]: r["val_loss"]
+            for r in read_metrics(run / "metrics.jsonl")
+            if r["kind"] == "val"
+        }
+        for run in (straight, halves)
+    ]
+    assert val[0] == {step: val[1][step] for step in val[0]}  # the halves run also scored step 15
+    texts = [
+        Sampler(run).generate(SampleOptions(length=40, seed=7), lambda i, s: None)
+        for run in (straight, halves)
+    ]
+    assert texts[0] == texts[1]
+
+
+def test_resume_refuses_model_changes_and_allows_safe_ones(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    run = tmp_path / "run"
+    train(run, text=corpus, overrides=overrides("train.max_steps=10"), show_progress=False)
+    with pytest.raises(UsageError, match=r"model.hidden_size: 16 -> 32.*train.seed: 1 -> 2"):
+        train(
+            run,
+            overrides=overrides("train.max_steps=20", "model.hidden_size=32", "train.seed=2"),
+            resume=True,
+            show_progress=False,
+        )
+    result = train(
+        run,
+        overrides=overrides("train.max_steps=20", "optim.lr=0.002"),
+        resume=True,
+        show_progress=False,
+    )
+    assert result.steps == 20
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    run = tmp_path / "run"
+    train(run, text=corpus, overrides=overrides("train.max_steps=10"), show_progress=False)
+    before = (run / "checkpoints" / "latest.json").read_text()
+    with pytest.raises(UsageError, match="already holds a run; pass --resume"):
+        train(run, text=corpus, overrides=overrides("train.max_steps=10"), show_progress=False)
+    assert (run / "checkpoints" / "latest.json").read_text() == before
+    train(
+        run,
+        text=corpus,
+        overrides=overrides("train.max_steps=5", "train.checkpoint_every=5"),
+        force=True,
+        show_progress=False,
+    )
+    assert [p.name for p in step_dirs(run / "checkpoints")] == ["step-00000005"]
+
+
+def test_retention_keeps_last_k_and_the_best(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    run = tmp_path / "run"
+    train(
+        run,
+        text=corpus,
+        overrides=overrides("train.max_steps=60", "train.keep_checkpoints=2", "optim.lr=0.01"),
+        show_progress=False,
+    )
+    names = [p.name for p in step_dirs(run / "checkpoints")]
+    best = json.loads((run / "checkpoints" / "best.json").read_text())["name"]
+    assert names[-2:] == ["step-00000050", "step-00000060"]
+    assert best in names and len(names) <= 3
+
+
+def test_non_finite_steps_never_reach_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = write_corpus(tmp_path)
+    run = tmp_path / "run"
+    train(run, text=corpus, overrides=overrides("train.max_steps=10"), show_progress=False)
+    good = weights(run, 10)
+    import charlm.train as train_module
+
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
+        train(
+            run,
+            overrides=overrides("train.max_steps=40", "train.max_bad_steps=3"),
+            resume=True,
+            show_progress=False,
+        )
+    # Two good steps happened, then three bad ones were skipped: nothing non-finite was saved,
+    # and the last checkpoint is the one from before.
+    assert [p.name for p in step_dirs(run / "checkpoints")][-1] == "step-00000010"
+    assert all(torch.equal(good[k], weights(run, 10)[k]) for k in good)
+
+
+def test_a_few_bad_steps_are_skipped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import charlm.train as train_module
+
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def sometimes(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if calls["n"] in (3, 4) else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", sometimes)
+    run = tmp_path / "run"
+    train(
+        run,
+        text=write_corpus(tmp_path),
+        overrides=overrides("train.max_steps=10"),
+        show_progress=False,
+    )
+    final = load_file(str(run / "checkpoints" / "step-00000010" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in final.values())
+    last = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"][-1]
+    assert last["bad_steps"] == 2
+
+
+def test_epochs_bound_the_run(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path, pattern_text(2000))
+    result = train(
+        tmp_path / "run",
+        text=corpus,
+        overrides=overrides("train.max_steps=0", "train.epochs=2"),
+        show_progress=False,
+    )
+    # 2000 chars, 5% held out, 4 streams of ~474 tokens, windows of 16: 30 steps an epoch.
+    assert result.steps == 60
