@@ -38,6 +38,7 @@ TRUTH_FILE = "truth.json"
 MAX_STATES = 4096  # the stationary distribution is solved densely
 EVAL_STREAMS = (1, 8, 16, 32, 64)  # stream counts (train.batch_size) listed in truth.json
 _BRACKETS = ("()", "[]", "{}", "<>")
+CUE = "="  # lag task: the character before the repeated key
 
 
 @dataclass(frozen=True)
@@ -104,14 +105,17 @@ def _automaton(chars: str, rows: list[dict[str, tuple[float, int]]]) -> Automato
 
 
 def lag_automaton(lag: int, keys: int, noise: int) -> Automaton:
-    """Lines `K x1 .. xL K`: a key K (one of `keys` capitals), L noise letters, the key again.
+    """Lines `K x1 .. xL = K`: a key K (one of `keys` capitals), L noise letters, a cue, the key.
 
-    State 0 is the line start; state 1 + k*(L+2) + (j-1) is "key k, j characters of the line
-    written" for j = 1..L+2. Only the key and the noise carry information: the repeated key and
-    the newline are certain for a predictor that remembers the key and counts to L.
+    State 0 is the line start; state 1 + k*(L+3) + (j-1) is "key k, j characters of the line
+    written" for j = 1..L+3. Only the key and the noise carry information: the cue, the repeated
+    key and the newline are certain for a predictor that counts to L and remembers the key. The
+    cue '=' marks the recall position, so that a model which cannot count exactly still shows
+    whether it remembers: its loss on the character after '=' is the recall loss (0 at best,
+    ln(keys) for a model that forgot the key).
     """
     key_chars, noise_chars = string.ascii_uppercase[:keys], string.ascii_lowercase[:noise]
-    width = lag + 2
+    width = lag + 3
 
     def state(k: int, j: int) -> int:
         return 1 + k * width + (j - 1)
@@ -124,10 +128,12 @@ def lag_automaton(lag: int, keys: int, noise: int) -> Automaton:
             if j <= lag:
                 rows.append({x: (1 / noise, state(k, j + 1)) for x in noise_chars})
             elif j == lag + 1:
+                rows.append({CUE: (1.0, state(k, j + 1))})
+            elif j == lag + 2:
                 rows.append({key: (1.0, state(k, j + 1))})
             else:
                 rows.append({"\n": (1.0, 0)})
-    return _automaton("\n" + key_chars + noise_chars, rows)
+    return _automaton("\n" + CUE + key_chars + noise_chars, rows)
 
 
 def markov_automaton(order: int, table: np.ndarray, chars: str) -> Automaton:
@@ -275,7 +281,7 @@ def make_task(
     else:
         raise UsageError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
     states = {
-        "lag": lambda: 1 + keys * (lag + 2),
+        "lag": lambda: 1 + keys * (lag + 3),
         "markov": lambda: alphabet**order,
         "brackets": lambda: sum(types**d for d in range(depth + 1)),
     }[task]()
@@ -315,10 +321,10 @@ def make_task(
     }
     if task == "lag":
         truth["recall_chance_loss"] = math.log(keys)
-        truth["no_recall_excess"] = math.log(keys) / (lag + 3)
+        truth["no_recall_excess"] = math.log(keys) / (lag + 4)
         truth["lag_note"] = (
             "a predictor that is optimal except that it forgets the key pays recall_chance_loss "
-            "at each repeated key, i.e. no_recall_excess nats/char above best_loss"
+            "on each character after the cue '=', i.e. no_recall_excess nats/char above best_loss"
         )
     return train_text, valid_text, truth
 
