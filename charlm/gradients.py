@@ -125,11 +125,14 @@ def measure_model(
     batch: int = 32,
     seed: int = 0,
     source: str = "",
+    targets: np.ndarray | None = None,
 ) -> GradientProfile:
     """The gradient-vs-lag profile of `model` over `batch` windows drawn at random from `ids`.
 
     Each window runs BURN_IN steps without gradients from a zero state, then max_lag + 1 steps
     unrolled; the loss is the cross-entropy of the last step's prediction of the next token.
+    `targets` (positions in `ids`) restricts that predicted token to chosen places, e.g. the
+    recall positions of a lag task; windows too close to the start are left out.
     """
     if max_lag < 1 or batch < 1:
         raise UsageError(f"--max-lag and --batch must be at least 1 (got {max_lag}, {batch})")
@@ -141,7 +144,13 @@ def measure_model(
         )
     device = model.embedding.weight.device
     rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(ids) - span + 1, size=batch)
+    if targets is None:
+        starts = rng.integers(0, len(ids) - span + 1, size=batch)
+    else:
+        usable = np.asarray(targets)[np.asarray(targets) >= span - 1] - (span - 1)
+        if len(usable) == 0:
+            raise DataError(f"no target position lies {span - 1} or more tokens into the text")
+        starts = rng.choice(usable, size=batch, replace=len(usable) < batch)
     windows = torch.as_tensor(np.stack([ids[s : s + span] for s in starts]).T.astype(np.int64))
     windows = windows.to(device)  # (span, batch), time-major as the model wants
     was_training = model.training

@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from charlm.cli import app
 from charlm.config import ModelConfig
-from charlm.gradients import gradient_norms_by_lag, layer_grad_norms, measure_model, model_step
+from charlm.errors import DataError
+from charlm.gradients import (
+    BURN_IN,
+    gradient_norms_by_lag,
+    layer_grad_norms,
+    measure_model,
+    model_step,
+)
 from charlm.model import RNNLanguageModel
 
 runner = CliRunner()
@@ -151,3 +158,16 @@ def test_cli_errors(text_file: Path, extra, code):
         args += ["--text", str(text_file), *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == code, result.output
+
+
+def test_targets_place_the_windows_at_chosen_positions():
+    model = _model("gru")
+    ids = np.random.default_rng(2).integers(0, 6, size=400)
+    first = BURN_IN + 4 + 1  # the earliest token a window of max_lag 4 can end on
+    one = measure_model(model, ids, max_lag=4, batch=3, targets=np.array([3, first]))
+    # Three copies of the single usable window: the mean is the largest.
+    assert one.grad_norm[0] == pytest.approx(one.grad_norm_max[0], rel=1e-6)
+    other = measure_model(model, ids, max_lag=4, batch=3, targets=np.array([first + 7]))
+    assert other.grad_norm[0] != pytest.approx(one.grad_norm[0], rel=1e-3)
+    with pytest.raises(DataError, match="no target position"):
+        measure_model(model, ids, max_lag=4, batch=3, targets=np.array([first - 1]))

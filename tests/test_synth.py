@@ -68,10 +68,10 @@ def test_markov_truth_matches_the_two_state_formula():
 
 def test_optimal_predictor_reaches_the_entropy_rate_on_a_long_sample():
     for task, options in [("lag", {"lag": 6}), ("brackets", {"depth": 4}), ("markov", {})]:
-        _, valid, truth = make_task(task, length=10, valid_length=60_000, **options)
+        _, valid, truth = make_task(task, length=10, valid_length=20_000, **options)
         automaton = build_automaton(task, truth["settings"])
         assert optimal_stream_loss(automaton, valid, 1) == pytest.approx(
-            truth["best_loss"], abs=0.02
+            truth["best_loss"], abs=0.03
         )
 
 
