@@ -323,4 +323,20 @@ def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
     except ConfigError as exc:
         raise CheckpointError(f"{folder / 'config.yaml'}: {exc}") from None
     tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    _check_tokenizer(folder, tokenizer_json, meta)
     return LoadedCheckpoint(folder, info, config, meta, tokenizer_json)
+
+
+def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) -> None:
+    """The vocabulary must be the one the weights were trained with, or sampling is nonsense."""
+    from tokenizers import Tokenizer
+
+    try:
+        size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
+    except Exception as exc:  # tokenizers raises its own Exception type for bad JSON
+        raise CheckpointError(f"{folder / 'tokenizer.json'}: damaged tokenizer ({_short(exc)})") from None
+    if size != meta.get("vocab_size"):
+        raise CheckpointError(
+            f"{folder / 'tokenizer.json'}: has {size} entries but the model was trained on "
+            f"{meta.get('vocab_size')}; restore the checkpoint's own tokenizer.json"
+        )

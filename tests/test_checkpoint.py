@@ -123,3 +123,15 @@ def test_info_reads_and_never_writes(run: Path) -> None:
     cli("sample", run, "--length", "10", "--seed", "1")
     cli("evaluate", run, "--text", run / "data" / "meta.json")
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_a_swapped_tokenizer_is_refused(run: Path, tmp_path: Path) -> None:
+    from charlm.tokenizer import build_tokenizer, save_tokenizer
+
+    folder = resolve_checkpoint(run)
+    save_tokenizer(build_tokenizer("char", ["only a few letters"], 0), folder / "tokenizer.json")
+    result = cli("sample", folder, "--length", "5")
+    assert result.exit_code == 1 and "tokenizer.json: has" in result.stderr
+    (folder / "tokenizer.json").write_text("{broken")
+    result = cli("evaluate", folder, "--text", run / "data" / "meta.json")
+    assert result.exit_code == 1 and "damaged tokenizer" in result.stderr
