@@ -31,7 +31,7 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 elif pip_q --no-index --no-deps "torch>=2.10,<3" 2>/dev/null; then
   # A local CPU wheel; now fetch what it depends on (torch itself is already satisfied).
   pip_q "torch==$(python -c 'import importlib.metadata as m; print(m.version("torch"))')"
-  echo "setup: installed PyTorch from a local wheel ($(python -c 'import torch; print(torch.__version__)'))" >&2
+  echo "setup: installed PyTorch from a local wheel ($(python -c 'import torch; print(torch.__version__)' 2>/dev/null))" >&2
 elif pip_q --retries 1 --timeout 30 --index-url https://download.pytorch.org/whl/cpu \
       --extra-index-url https://pypi.org/simple "torch>=2.10,<3"; then
   echo "setup: installed the CPU build of PyTorch" >&2
