@@ -86,3 +86,30 @@ def test_prepare_then_train_from_data(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     result = cli("train", corpus, "--data", tmp_path / "data", "--out", tmp_path / "run2")
     assert result.exit_code == 2 and "either TEXT or --data" in result.stderr
+
+
+def test_data_download_through_the_cli(tmp_path: Path, http_server, monkeypatch) -> None:
+    import hashlib
+
+    from charlm.corpora import DATASETS, Dataset, RemoteFile
+
+    text = "some public text\n" * 20
+    (http_server.root / "corpus.txt").write_text(text)
+    good = RemoteFile(
+        "https://example.invalid/x/corpus.txt",
+        "corpus.txt",
+        hashlib.sha256(text.encode()).hexdigest(),
+        len(text),
+    )
+    monkeypatch.setitem(DATASETS, "toy", Dataset(files=(good,), description="test"))
+    monkeypatch.setenv("CHARLM_DOWNLOAD_URL", http_server.url + "/")
+    result = cli("data", "download", "toy", "--dest", tmp_path / "got")
+    assert result.exit_code == 0, result.stderr
+    assert Path(result.stdout.strip()).read_text() == text
+    bad = RemoteFile(good.url, "corpus.txt", "0" * 64, len(text))
+    monkeypatch.setitem(DATASETS, "toy", Dataset(files=(bad,), description="test"))
+    result = cli("data", "download", "toy", "--dest", tmp_path / "bad")
+    assert result.exit_code == 1 and "sha256" in result.stderr and "Traceback" not in result.stderr
+    result = cli("data", "download", "nonsense")
+    assert result.exit_code in (1, 2) and "nonsense" in result.stderr
+    assert "tinyshakespeare" in cli("data", "list").stdout
