@@ -151,6 +151,9 @@ class TrainConfig:
     seed: int = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = 0  # CPU intra-op threads (0 = PyTorch's default)
+    # bf16: autocast on CUDA (weights, optimiser and state stay fp32); refused on a CPU, where
+    # autocast leaves GRU/LSTM in fp32 and gains nothing
+    precision: Literal["fp32", "bf16"] = "fp32"
     grad_accum: int = 1  # micro-batches per optimiser step; global batch: x it x processes
     dist_timeout_s: float = 600.0  # torchrun jobs: end with an error if a rank is silent this long
     ar_alpha: float = 0.0  # activation regularisation of the last layer's output (AWD-LSTM: 2)
@@ -217,6 +220,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.max_bad_steps",
         "train.device",
         "train.threads",
+        "train.precision",
         # batch_size and grad_accum may change together with the number of processes as long
         # as the global batch stays the same (train.py checks; the stream layout is then equal).
         "train.batch_size",

@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,10 @@ def train(
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         return _train(run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress)
-    except torch.distributed.DistError as exc:  # a collective failed: another rank died or hung
-        raise dist.peer_failure(exc) from None
+    except RuntimeError as exc:
+        if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
+            raise dist.peer_failure(exc) from None
+        raise
     finally:
         dist.close()
 
@@ -373,7 +376,8 @@ def _join_states(states: list[State]) -> State:
     if len(states) == 1:
         return states[0]
     if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))  # type: ignore[return-value]
+        pairs = zip(*states, strict=True)
+        return tuple(torch.cat(parts, dim=1) for parts in pairs)  # type: ignore[return-value]
     return torch.cat(states, dim=1)  # type: ignore[arg-type]
 
 
@@ -392,6 +396,35 @@ def _shard_state(
     if "state_c" in tensors:
         return (h, tensors["state_c"][:, first : first + count].contiguous().to(device))
     return h
+
+
+def with_precision(
+    forward: Callable[..., tuple], precision: str, device: torch.device
+) -> Callable[..., tuple]:
+    """`forward` under bf16 autocast on CUDA (`train.precision=bf16`), else `forward` itself.
+
+    The logits, state and hidden outputs come back in fp32: the loss, the carried state and the
+    checkpoints stay fp32 whatever the precision. On a CPU, autocast leaves GRU/LSTM in fp32
+    (FACTS.md), so bf16 would change only the decoder, at a cost in accuracy: refused.
+    """
+    if precision == "fp32":
+        return forward
+    if device.type != "cuda":
+        raise UsageError(
+            f"train.precision={precision} needs a CUDA device (this run is on {device.type}, "
+            "where autocast leaves GRU/LSTM in fp32); use --set train.precision=fp32"
+        )
+
+    def run(*args: Any, **kwargs: Any) -> tuple:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, state, *hidden = forward(*args, **kwargs)
+        if isinstance(state, tuple):
+            state = tuple(s.float() for s in state)
+        else:
+            state = state.float()
+        return (logits.float(), state, *(h.float() for h in hidden))
+
+    return run
 
 
 def _agree(
@@ -451,10 +484,11 @@ def _restore_rank_rng(
     if dist.rank >= saved.shape[0]:
         torch.manual_seed(int(np.random.SeedSequence([seed, dist.rank, step]).generate_state(1)[0]))
         return
-    torch.set_rng_state(saved[dist.rank].contiguous())
+    # clone(): set_rng_state reads a row of the stacked states from its storage's start.
+    torch.set_rng_state(saved[dist.rank].clone())
     saved_cuda = tensors.get("rng_cuda_ranks")
     if saved_cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(saved_cuda[dist.rank].contiguous(), device)
+        torch.cuda.set_rng_state(saved_cuda[dist.rank].clone(), device)
 
 
 def _evaluate_split(
@@ -534,6 +568,8 @@ def _train(
         # sentence batches (measured, FACTS.md). The native kernel has no such cost.
         torch.backends.mkldnn.enabled = False
     batcher = _make_batcher(config, data, dist)
+    local_batch = t.batch_size * t.grad_accum  # streams (or sentences) of this process per step
+    global_batch = local_batch * dist.world_size
     steps_per_epoch = max(1, batcher.steps_per_epoch)
     total_steps = t.max_steps or math.inf
     if t.epochs:
@@ -552,7 +588,7 @@ def _train(
     averager = WeightAverager(model)  # stays idle unless optim.name=asgd triggers it
     val_history: list[float] = []  # every validation loss, for NT-ASGD's trigger
     plateau = {"scale": 1.0, "bad_evals": 0}  # schedule=plateau's state
-    state: State = model.initial_state(t.batch_size, device)
+    state: State = model.initial_state(local_batch, device)
     if loaded is not None:
         model.load_state_dict(loaded.build_model(device).state_dict())
         optimizer.load_state_dict(loaded.optimizer_state())
@@ -572,16 +608,14 @@ def _train(
                 for name, p in model.named_parameters():
                     p.copy_(raw[name])
             averager.load(average, int(info["averaged_steps"]))
-        if info.get("world_size", 1) != dist.world_size:
-            raise UsageError(
-                f"{run_dir}: the run was trained by {info.get('world_size')} processes and is "
-                f"resumed by {dist.world_size}; resume with the same number of processes"
-            )
-        if "state_c" in tensors:
-            state = (tensors["state_h"].to(device), tensors["state_c"].to(device))
-        else:
-            state = tensors["state_h"].to(device)
+        _check_global_batch(loaded, config, dist.world_size, run_dir)
+        if batcher.carries_state:  # the same streams, whatever the split: re-shard exactly
+            state = _shard_state(tensors, dist.rank * local_batch, local_batch, device)
         _rng_restore(info["rng"], tensors)
+        _restore_rank_rng(tensors, dist, device, t.seed, step)
+    ddp = dist.wrap(model)  # averages gradients over processes; `model` stays the plain module
+    forward = ddp or model
+    forward = with_precision(forward, t.precision, device)
 
     if dist.is_main:
         (run_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
@@ -599,6 +633,18 @@ def _train(
             + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
             highlight=False,
         )
+        unit = "streams" if batcher.carries_state else "sentences"
+        mean_length = batcher.tokens_per_epoch / max(getattr(batcher, "sentences", 1), 1)
+        tokens = (
+            f"{global_batch * t.seq_len:,}"
+            if batcher.carries_state
+            else f"about {global_batch * mean_length:,.0f}"
+        )
+        stderr.print(
+            f"global batch: {t.batch_size} x {dist.world_size} process(es) x grad_accum "
+            f"{t.grad_accum} = {global_batch} {unit}, {tokens} tokens per step",
+            highlight=False,
+        )
 
     special = data.meta.get("special_ids", {})
     tokenizer_json = (data.data_dir / "tokenizer.json").read_text(encoding="utf-8")
@@ -608,25 +654,21 @@ def _train(
             return _validate()
 
     def _validate() -> EvalResult:
-        nll, predicted = evaluate_ids(
-            model,
-            data.val_ids,
-            batching=config.data.batching,
-            batch_size=t.batch_size,
-            seq_len=t.seq_len,
-            device=device,
-            special_ids=special,
-            max_batches=t.eval_batches,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            reduce=dist.all_reduce_sum,
-        )
+        nll, predicted = _evaluate_split(model, data.val_ids, config, dist, device, special)
         # Bits per character uses the split's tokens-per-character ratio, which also holds
         # for the prefix that eval_batches scores.
         return make_result(nll, predicted, data.meta["val_tokens"], data.meta["val_chars"])
 
     def checkpoint(is_best: bool) -> None:
+        # Every process takes part: rank 0 saves the carried state of all streams and each
+        # process's torch generator, so that a resume on another number of processes re-shards.
+        carried = _gather_state(dist, state) if batcher.carries_state else state
+        rank_rng = {"rng_torch_ranks": dist.all_gather(torch.get_rng_state())}
+        if device.type == "cuda":
+            rank_rng["rng_cuda_ranks"] = dist.all_gather(torch.cuda.get_rng_state(device))
         if not dist.is_main:
+            # Wait for the save: a rank that exits first makes torchrun stop rank 0 mid-write.
+            dist.barrier()
             return
         rng_info, rng_tensors = _rng_snapshot()
         info = {
@@ -639,6 +681,7 @@ def _train(
             "averaged_steps": averager.count,
             "rng": rng_info,
             "world_size": dist.world_size,
+            "global_batch": global_batch,
             "data_dir": str(data.data_dir.resolve()),
             "parameters": params,
         }
@@ -653,11 +696,12 @@ def _train(
                 config,
                 tokenizer_json,
                 data.meta,
-                TrainingState(step, info, {**_state_tensors(state), **rng_tensors}),
+                TrainingState(step, info, {**_state_tensors(carried), **rng_tensors, **rank_rng}),
                 is_best=is_best,
                 keep=t.keep_checkpoints,
                 raw_weights=raw,
             )
+        dist.barrier()
 
     display = TrainingDisplay(total_steps, step, enabled=show)
     throughput = Throughput()
@@ -667,40 +711,62 @@ def _train(
     interval_steps = interval_clipped = bad_streak = 0
     last_grad_norm = 0.0
     layer_norms: list[float | None] = []  # per recurrent layer, at the last eval step
+    stop_signal: int | None = None  # a signal every process has agreed on
     model.train()
     try:
         with _SignalFlag() as flag:
             while step < total_steps:
-                if flag.received is not None:
+                if stop_signal is not None:
                     checkpoint(is_best=False)
-                    name = signal.Signals(flag.received).name
+                    name = signal.Signals(stop_signal).name
                     raise TrainingStopped(
                         f"{name} at step {step}: checkpoint saved; continue with "
                         f"`charlm train --out {run_dir} --resume`",
-                        exit_code=SIGNAL_EXIT_CODES[flag.received],
+                        exit_code=SIGNAL_EXIT_CODES[stop_signal],
                     )
                 length = bptt_length(t.seq_len, t.seed, step) if t.variable_bptt else None
                 x, y, next_cursor = batcher.batch(cursor, length)
                 if cursor.position == 0 or not batcher.carries_state:
                     state = model.initial_state(x.shape[1], device)
-                inputs, targets = to_tensors(x, y, device)
                 lr = learning_rate(config.optim, step, total_steps, cursor.epoch, plateau["scale"])
                 if length is not None:  # AWD-LSTM: a longer window takes a larger step
                     lr *= length / t.seq_len
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if t.ar_alpha or t.tar_beta:
-                    logits, new_state, output, dropped = model(inputs, state, return_hidden=True)
-                else:
-                    logits, new_state = model(inputs, state)  # (seq_len, batch, vocab)
-                loss = F.cross_entropy(
-                    logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=IGNORE_INDEX
-                )
+                micro_batches = _micro_batches(x, y, t.grad_accum)
+                step_tokens = _step_tokens(dist, micro_batches, batcher.carries_state, device)
                 optimizer.zero_grad(set_to_none=True)
-                if t.ar_alpha or t.tar_beta:  # reported loss stays the plain cross-entropy
-                    (loss + activation_penalty(output, t.ar_alpha, t.tar_beta, dropped)).backward()
-                else:
-                    loss.backward()
+                nll_sum = torch.zeros((), device=device)
+                new_states: list[State] = []
+                for index, (x_part, y_part, columns) in enumerate(micro_batches):
+                    inputs, targets = to_tensors(x_part, y_part, device)
+                    part_state = _slice_state(state, columns)
+                    # DDP averages the gradients over processes after the last micro-batch only.
+                    is_last_part = index == len(micro_batches) - 1
+                    with nullcontext() if ddp is None or is_last_part else ddp.no_sync():
+                        if t.ar_alpha or t.tar_beta:
+                            logits, part_state, output, dropped = forward(
+                                inputs, part_state, return_hidden=True
+                            )
+                        else:
+                            logits, part_state = forward(inputs, part_state)  # (seq, batch, vocab)
+                        nll = F.cross_entropy(
+                            logits.reshape(-1, vocab_size),
+                            targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX,
+                            reduction="sum",
+                        )
+                        # Scaled so that the sum over micro-batches, averaged over processes by
+                        # DDP, is the mean over every target of the global batch.
+                        objective = nll * (dist.world_size / step_tokens)
+                        if t.ar_alpha or t.tar_beta:  # reported loss stays the plain cross-entropy
+                            penalty = activation_penalty(output, t.ar_alpha, t.tar_beta, dropped)
+                            objective = objective + penalty / len(micro_batches)
+                        objective.backward()
+                    nll_sum += nll.detach()
+                    new_states.append(part_state)
+                new_state = _join_states(new_states)
+                loss = nll_sum / step_tokens  # this process's share of the global batch's loss
                 if (step + 1) % t.eval_every == 0 or step + 1 >= total_steps:
                     layer_norms = layer_grad_norms(model)  # before clipping; logged at eval
                 grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -708,14 +774,15 @@ def _train(
                 )  # the norm before clipping
                 if config.optim.clip_value:
                     torch.nn.utils.clip_grad_value_(model.parameters(), config.optim.clip_value)
-                # One read-back per step: a non-finite step must never reach the weights.
-                is_finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+                # One read-back per step, agreed by all processes: a non-finite step must never
+                # reach the weights, and a signal to any process stops all at the same step.
+                step_loss, is_finite, stop_signal = _agree(dist, loss, grad_norm, flag.received)
                 if is_finite:
                     optimizer.step()
                     averager.update()
                     state = detach_state(new_state)
                     bad_streak = 0
-                    loss_sum += loss.detach()
+                    loss_sum += step_loss
                     interval_steps += 1
                     last_grad_norm = float(grad_norm)
                     if config.optim.clip_norm and last_grad_norm > config.optim.clip_norm:
@@ -735,7 +802,7 @@ def _train(
                             f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
                             "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
                         )
-                throughput.add(int(np.count_nonzero(y != IGNORE_INDEX)) * dist.world_size)
+                throughput.add(step_tokens)
                 cursor = next_cursor
                 step += 1
                 is_last = step >= total_steps
