@@ -306,7 +306,8 @@ lines; {args.length:,} training and {args.valid_length:,} validation characters 
 windows of |d loss_T / d h_(T-k)| (`charlm gradients`, after {BURN_IN} steps of burn-in); for the
 trained models the windows end at a recall step, so loss_T is the loss on the repeated key and
 k = L + 1 is the step that read the key (the table's grad norm column; the dotted line in the plot).
-The initial models are measured at random positions.
+The initial models are measured at random positions. "seconds" is the wall-clock time of each
+training run; on a shared machine it includes waiting for the CPU.
 
 ## Results
 
@@ -338,11 +339,12 @@ small differences as noise and rerun with `--seed` to check.
 (one bias in total: PyTorch adds b_ih and b_hh, so b_ih holds it and b_hh is zero there). Gers,
 Schmidhuber and Cummins (2000, "Learning to Forget: Continual Prediction with LSTM", Neural
 Computation 12(10):2451-2471) introduced the forget gate, which multiplies the cell state each
-step: a gate near 0 at the start erases the memory before anything is learnt, hence starting it
-open with a positive bias. Jozefowicz, Zaremba and Sutskever (2015, "An Empirical Exploration of
+step: a gate near 0 at the start erases the memory before anything is learnt, which is the
+argument for starting it open with a positive bias. Jozefowicz, Zaremba and Sutskever (2015, "An Empirical Exploration of
 Recurrent Network Architectures", ICML) report that "adding a bias of 1 to the LSTM's forget gate
 closes the gap between the LSTM and the GRU" in their search over ten thousand architectures;
-that is where the value 1.0 comes from (PyTorch itself initialises all LSTM biases at random). Other options the write-ups discuss: `model.recurrent_init=identity` (IRNN, Le, Jaitly
+that is where the value 1.0 comes from (PyTorch itself initialises all LSTM biases at random).
+Other options the write-ups discuss: `model.recurrent_init=identity` (IRNN, Le, Jaitly
 and Hinton 2015) or `orthogonal`, `model.leak` (leaky plain-RNN units), `optim.clip_norm` and
 `optim.clip_value`.
 
@@ -350,7 +352,7 @@ and Hinton 2015) or `orthogonal`, `model.leak` (leaky plain-RNN units), `optim.c
 
 ```
 {info["command"]}
-# larger (tens of minutes on this machine):
+# larger settings (not run for this page; expect several times the time above):
 python scripts/compare_cells.py --steps 5000 --hidden 64 --work runs/cells-large
 ```
 """
