@@ -29,7 +29,7 @@ config_app = typer.Typer(help="Inspect settings without running anything.", no_a
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-_debug = {"on": os.environ.get("CHARLM_DEBUG", "") not in ("", "0")}
+_debug = {"on": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -82,8 +82,8 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    if debug:
-        _debug["on"] = True
+    # Set on every invocation: an in-process caller (tests, scripts) may run several commands.
+    _debug["on"] = debug or os.environ.get("CHARLM_DEBUG", "") not in ("", "0")
 
 
 # Options shared by several commands, declared once so their help reads the same everywhere.
