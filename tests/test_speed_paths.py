@@ -55,3 +55,33 @@ def test_lean_stepper_is_a_snapshot_of_the_weights() -> None:
     after, _ = lean(token, state)
     torch.testing.assert_close(before, after)
     assert not torch.allclose(LeanStepper(model)(token, state)[0], before)
+
+
+def test_bf16_precision_is_refused_on_a_cpu_with_the_fix(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+
+    text = tmp_path / "text.txt"
+    text.write_text("abc abd xyz\n" * 300, encoding="utf-8")
+    tiny = ["model.layers=1", "model.hidden_size=8", "model.embedding_dim=4", "train.max_steps=2"]
+    args = ["train", str(text), "--out", str(tmp_path / "run"), "--quiet"]
+    for item in [*tiny, "train.device=cpu", "train.precision=bf16"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "train.precision=fp32" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is a CUDA path")
+def test_bf16_forward_returns_fp32_logits_and_state() -> None:
+    from charlm.train import with_precision
+
+    device = torch.device("cuda")
+    model = _model("lstm").to(device)
+    forward = with_precision(model, "bf16", device)
+    tokens = torch.randint(0, 11, (5, 3), device=device)
+    logits, (h, c) = forward(tokens, model.initial_state(3, device))
+    assert logits.dtype == h.dtype == c.dtype == torch.float32
+    reference, _ = model(tokens, model.initial_state(3, device))
+    torch.testing.assert_close(logits, reference, atol=5e-2, rtol=5e-2)
