@@ -163,7 +163,8 @@ class SentenceBatcher:
         order = self._epoch_order(cursor.epoch)
         first = cursor.position * self.global_batch + self.rank * self.batch_size
         chosen = order[first : first + self.batch_size]
-        longest = int((self._stops[chosen] - self._starts[chosen]).max()) - 1
+        # With several processes the last unshuffled batch can leave a rank nothing: (0, 0).
+        longest = int((self._stops[chosen] - self._starts[chosen]).max()) - 1 if len(chosen) else 0
         x = np.zeros((longest, len(chosen)), dtype=np.int64)
         y = np.full((longest, len(chosen)), IGNORE_INDEX, dtype=np.int64)
         for column, sentence in enumerate(chosen):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlm import __version__
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, TrainingStopped
 
 app = typer.Typer(
     name="charlm",
@@ -38,6 +38,11 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def is_main_process() -> bool:
+    """Under torchrun only rank 0 speaks for the job; alone, this process is rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def handle_errors(func: F) -> F:
     """Known errors become one line and their exit code; tracebacks only with --debug."""
 
@@ -48,6 +53,8 @@ def handle_errors(func: F) -> F:
         except CharlmError as exc:
             if _debug["on"]:
                 traceback.print_exc()
+            if isinstance(exc, TrainingStopped) and not is_main_process():
+                raise typer.Exit(exc.exit_code) from None  # every rank stops; rank 0 says why
             lines = str(exc).splitlines() or [type(exc).__name__]
             for line in lines:
                 say(f"charlm: error: {line}")
@@ -205,7 +212,7 @@ def train(
         force=force,
         show_progress=not quiet,
     )
-    if result.final is not None and not quiet:
+    if result.final is not None and not quiet and is_main_process():
         say(
             f"done: {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
             f"nats/token; checkpoints in {out / 'checkpoints'}"

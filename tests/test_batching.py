@@ -82,3 +82,13 @@ def test_sentence_order_is_seeded_and_ranks_are_disjoint() -> None:
     b = SentenceBatcher(ids, 1, 2, batch_size=3, seed=5).batch(Cursor(epoch=1))[0]
     c = SentenceBatcher(ids, 1, 2, batch_size=3, seed=5).batch(Cursor(epoch=2))[0]
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_rank_with_no_sentences_left_gets_an_empty_batch() -> None:
+    ids = sentences_stream(
+        [2, 3, 1]
+    )  # 3 sentences over 2 ranks of 1: the second batch is one short
+    batcher = SentenceBatcher(ids, 1, 2, batch_size=1, rank=1, world_size=2, shuffle=False)
+    assert batcher.steps_per_epoch == 2
+    x, y, _ = batcher.batch(Cursor(0, 1))
+    assert x.shape == y.shape == (0, 0)
