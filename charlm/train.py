@@ -253,6 +253,10 @@ def train(
         )
         _refuse_unsafe_changes(loaded.config, config, run_dir)
     else:
+        if data_dir is not None:
+            # Prepared data says what it is: its level overrides the config file's (an
+            # explicit --set data.level still wins, and must then agree).
+            overrides = [f"data.level={_prepared_level(Path(data_dir))}", *overrides]
         config = build_config(config_file=config_file, overrides=overrides)
         if is_run_dir(run_dir) and not force:
             raise UsageError(
@@ -268,6 +272,10 @@ def train(
         raise
     finally:
         dist.close()
+
+
+def _prepared_level(data_dir: Path) -> str:
+    return load_prepared(data_dir).meta["level"]
 
 
 def _load_data(

@@ -113,3 +113,45 @@ def test_data_download_through_the_cli(tmp_path: Path, http_server, monkeypatch)
     result = cli("data", "download", "nonsense")
     assert result.exit_code in (1, 2) and "nonsense" in result.stderr
     assert "tinyshakespeare" in cli("data", "list").stdout
+
+
+def test_training_from_prepared_data_takes_its_level(tmp_path: Path) -> None:
+    from conftest import make_english
+
+    corpus = write_corpus(tmp_path, make_english(300))
+    assert (
+        cli(
+            "prepare", corpus, "--level", "word", "--vocab-size", "30", "--out", tmp_path / "data"
+        ).exit_code
+        == 0
+    )
+    result = cli(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run",
+        "-q",
+        *TINY,
+        "--set",
+        "train.max_steps=3",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "level: word" in (tmp_path / "run" / "config.yaml").read_text()
+    result = cli(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run2",
+        "-q",
+        "--set",
+        "data.level=char",
+    )
+    assert result.exit_code == 2 and "prepared at level 'word'" in result.stderr
+    result = cli("train", "--data", tmp_path / "nothing", "--out", tmp_path / "run3", "-q")
+    assert (
+        result.exit_code in (1, 2)
+        and "nothing" in result.stderr
+        and "Traceback" not in result.stderr
+    )
