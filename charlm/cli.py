@@ -188,6 +188,9 @@ def train(
         Path | None, typer.Option(help="Validation text (else a held-out tail).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    errors: Annotated[
+        str, typer.Option(help="Invalid UTF-8 in TEXT: strict or replace.")
+    ] = "strict",
 ) -> None:
     """Train a model; Ctrl-C saves a checkpoint, and --resume continues exactly where it stopped.
 
@@ -211,6 +214,7 @@ def train(
         resume=resume,
         force=force,
         show_progress=not quiet,
+        errors=errors,
     )
     if result.final is not None and not quiet and is_main_process():
         say(

@@ -191,13 +191,16 @@ class _SignalFlag:
             signal.signal(sig, handler)
 
 
-def _prepare_settings(config: RunConfig, val_file: Path | None) -> PrepareSettings:
+def _prepare_settings(
+    config: RunConfig, val_file: Path | None, errors: str = "strict"
+) -> PrepareSettings:
     return PrepareSettings(
         level=config.data.level,
         vocab_size=config.data.vocab_size,
         val_fraction=config.data.val_fraction,
         val_file=val_file,
         csv_column=config.data.csv_column,
+        errors=errors,
     )
 
 
@@ -231,11 +234,12 @@ def train(
     resume: bool = False,
     force: bool = False,
     show_progress: bool = True,
+    errors: str = "strict",
 ) -> TrainResult:
     """Train a model into `run_dir`, or continue the run there with `resume`.
 
     Data comes from `data_dir` (made by `charlm prepare`), else `text` is prepared into
-    RUN_DIR/data (cached), else the built-in corpus is.
+    RUN_DIR/data (cached; `errors="replace"` accepts invalid UTF-8), else the built-in corpus is.
     """
     run_dir = Path(run_dir)
     if resume and force:
@@ -265,7 +269,9 @@ def train(
             )
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
-        return _train(run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress)
+        return _train(
+            run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress, errors
+        )
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
             raise dist.peer_failure(exc) from None
@@ -287,6 +293,7 @@ def _load_data(
     data_dir: Path | None,
     val_file: Path | None,
     show: bool,
+    errors: str = "strict",
 ) -> PreparedData:
     if data_dir is None and text is None and loaded is not None:
         data_dir = Path(loaded.info["data_dir"])
@@ -298,7 +305,8 @@ def _load_data(
     if data_dir is None:
         data_dir = run_dir / "data"
         if dist.is_main:
-            prepare(text, data_dir, _prepare_settings(config, val_file), show_progress=show)
+            settings = _prepare_settings(config, val_file, errors)
+            prepare(text, data_dir, settings, show_progress=show)
         dist.barrier()
     data = load_prepared(data_dir)
     if loaded is not None and data.meta.get("cache_key") != loaded.meta.get("cache_key"):
@@ -561,6 +569,7 @@ def _train(
     val_file: Path | None,
     force: bool,
     show_progress: bool,
+    errors: str = "strict",
 ) -> TrainResult:
     t = config.train
     show = show_progress and dist.is_main
@@ -570,7 +579,7 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:
             _clear_run(run_dir)
-    data = _load_data(run_dir, config, dist, loaded, text, data_dir, val_file, show)
+    data = _load_data(run_dir, config, dist, loaded, text, data_dir, val_file, show, errors)
     if config.data.batching == "sentence" and device.type == "cpu":
         # oneDNN re-plans its RNN kernel for every new sequence length: ~3.5x slower on
         # sentence batches (measured, FACTS.md). The native kernel has no such cost.

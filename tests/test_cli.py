@@ -155,3 +155,32 @@ def test_training_from_prepared_data_takes_its_level(tmp_path: Path) -> None:
         and "nothing" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_train_accepts_invalid_utf8_only_when_asked(tmp_path: Path) -> None:
+    from helpers import pattern_text
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(pattern_text().encode() + b"\xff\xfe" + pattern_text(seed=1).encode())
+    result = cli("train", bad, "--out", tmp_path / "run", "-q", *TINY, "--set", "train.max_steps=3")
+    assert (
+        result.exit_code == 1
+        and "byte offset" in result.stderr
+        and "--errors replace" in result.stderr
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    result = cli(
+        "train",
+        bad,
+        "--out",
+        tmp_path / "run",
+        "-q",
+        "--errors",
+        "replace",
+        *TINY,
+        "--set",
+        "train.max_steps=3",
+    )
+    assert result.exit_code == 0, result.stderr
+    result = cli("train", bad, "--out", tmp_path / "run2", "-q", "--errors", "maybe")
+    assert result.exit_code == 2 and "errors" in result.stderr
