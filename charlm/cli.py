@@ -133,17 +133,30 @@ def prepare(
     ],
     level: Annotated[str, typer.Option(help="char, word or bpe.")] = "char",
     vocab_size: Annotated[
-        int, typer.Option(help="word/bpe: entries kept, counting specials.")
+        int, typer.Option(help="word/bpe: entries kept, counting specials; word: 0 keeps all.")
     ] = 8000,
     val_fraction: Annotated[float, typer.Option(help="Last fraction held out.")] = 0.05,
     val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
     csv_column: Annotated[str | None, typer.Option(help="CSV column with the text.")] = None,
     errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+    lowercase: Annotated[
+        bool, typer.Option("--lowercase/--keep-case", help="word: lower-case the text.")
+    ] = True,
+    segments: Annotated[
+        str, typer.Option(help="word: sentences (START ... END) or lines (each + <eos>).")
+    ] = "sentences",
+    word_split: Annotated[
+        str, typer.Option(help="word: rules (punctuation, clitics) or whitespace (str.split).")
+    ] = "rules",
 ) -> None:
     """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
 
     Example: charlm prepare ../shared/data/reddit/reddit-comments-2015-08-sample.csv
     --csv-column body --level word --vocab-size 8000 --out data/reddit
+
+    WikiText-2 as pytorch/examples reads it: charlm prepare ../shared/data/wikitext-2/train.txt
+    --val-file ../shared/data/wikitext-2/valid.txt --level word --vocab-size 0 --keep-case
+    --segments lines --word-split whitespace --out data/wt2
     """
     from charlm.config import build_config
     from charlm.errors import UsageError
@@ -157,9 +170,22 @@ def prepare(
             f"data.level={level}",
             f"data.vocab_size={vocab_size}",
             f"data.val_fraction={val_fraction}",
+            f"data.lowercase={lowercase}",
+            f"data.segments={segments}",
+            f"data.word_split={word_split}",
         ]
     )  # same checks as settings
-    settings = PrepareSettings(level, vocab_size, val_fraction, val_file, csv_column, errors)
+    settings = PrepareSettings(
+        level=level,
+        vocab_size=vocab_size,
+        val_fraction=val_fraction,
+        val_file=val_file,
+        csv_column=csv_column,
+        errors=errors,
+        lowercase=lowercase,
+        segments=segments,
+        word_split=word_split,
+    )
     meta = run_prepare(text, out, settings)
     say(
         f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "

@@ -19,18 +19,31 @@ from charlm.errors import ConfigError
 class DataConfig:
     level: Literal["char", "word", "bpe"] = "char"  # tokenisation level
     vocab_size: int = 8000  # word/bpe: entries kept, counting the special tokens; char ignores it
+    # (word: 0 keeps every word of the training text)
     val_fraction: float = 0.05  # last fraction of the text held out for validation
     csv_column: str = "body"  # column holding the text when the input is a CSV
     batching: Literal["stream", "sentence"] = "stream"  # sentence: the tutorial's padded sentences
+    # Word level; the defaults are the WildML tutorial's, false/lines/whitespace pytorch/examples'
+    # word_language_model (WikiText-2 perplexities comparable with published ones).
+    lowercase: bool = True
+    segments: Literal["sentences", "lines"] = "sentences"  # lines: every line ends in <eos>
+    word_split: Literal["rules", "whitespace"] = "rules"  # whitespace: str.split(), as given
 
     def validate(self) -> list[str]:
         problems = []
-        if self.vocab_size < 4:
-            problems.append(f"data.vocab_size must be at least 4 (got {self.vocab_size})")
+        if self.vocab_size < 4 and not (self.vocab_size == 0 and self.level == "word"):
+            problems.append(
+                f"data.vocab_size must be at least 4, or 0 at word level (got {self.vocab_size})"
+            )
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"data.val_fraction must be in (0, 1) (got {self.val_fraction})")
         if self.batching == "sentence" and self.level != "word":
             problems.append("data.batching=sentence needs data.level=word (sentences are words)")
+        if self.batching == "sentence" and self.segments == "lines":
+            problems.append(
+                "data.batching=sentence needs data.segments=sentences (lines have no start "
+                "token); use data.batching=stream"
+            )
         return problems
 
 

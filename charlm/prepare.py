@@ -20,6 +20,8 @@ from tokenizers import Tokenizer
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
 from charlm.tokenizer import (
+    SEGMENTS,
+    WORD_SPLITS,
     Encoder,
     build_tokenizer,
     check_level,
@@ -43,19 +45,29 @@ class PrepareSettings:
     """How `prepare` turns text into ids; every field takes part in the cache key."""
 
     level: str = "char"  # char | word | bpe
-    vocab_size: int = 8000  # word/bpe only; counts the special tokens
+    vocab_size: int = 8000  # word/bpe only; counts the special tokens; word: 0 keeps every word
     val_fraction: float = 0.05  # the last fraction of the text is validation
     val_file: Path | None = None  # validation text from this file instead; val_fraction unused
     csv_column: str | None = None  # the text column of a .csv input (e.g. "body" for Reddit)
     errors: str = "strict"  # strict | replace: what to do with invalid UTF-8
+    # Word level only. Defaults: the WildML tutorial; False/"lines"/"whitespace": pytorch/examples.
+    lowercase: bool = True
+    segments: str = "sentences"  # sentences: START ... END each | lines: every line + <eos>
+    word_split: str = "rules"  # rules: words, punctuation, clitics | whitespace: str.split()
 
     def validate(self) -> None:
         """Raise a UsageError for the first setting that cannot work."""
         check_level(self.level)
-        if self.level == "word" and self.vocab_size < 4:
+        if self.level == "word" and self.vocab_size != 0 and self.vocab_size < 4:
             raise UsageError(
-                f"vocab_size {self.vocab_size} is too small for word level; it counts the 3 "
-                "special tokens, so use at least 4"
+                f"vocab_size {self.vocab_size} is too small for word level; it counts the "
+                "special tokens, so use at least 4 (or 0: keep every word)"
+            )
+        if self.segments not in SEGMENTS:
+            raise UsageError(f"segments {self.segments!r} must be one of: {', '.join(SEGMENTS)}")
+        if self.word_split not in WORD_SPLITS:
+            raise UsageError(
+                f"word_split {self.word_split!r} must be one of: {', '.join(WORD_SPLITS)}"
             )
         if self.level == "bpe" and self.vocab_size < 1:
             raise UsageError(f"vocab_size {self.vocab_size} must be positive")
@@ -68,7 +80,11 @@ class PrepareSettings:
             raise UsageError(f"errors {self.errors!r} must be one of: {', '.join(ERROR_MODES)}")
 
     def as_dict(self) -> dict:
-        """The settings as JSON-ready values (paths as str)."""
+        """The settings as JSON-ready values (paths as str).
+
+        meta.json files written before lowercase, segments and word_split existed lack them;
+        they were made with the defaults.
+        """
         return {
             key: str(value) if isinstance(value, Path) else value
             for key, value in dataclasses.asdict(self).items()
@@ -206,7 +222,16 @@ def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSetti
             "val_file": None,  # its contents count (val_sha256), not where it lives
         },
     }
+    # Word-only settings join the key only when they differ from the defaults, so data prepared
+    # before they existed keeps its key (and runs trained on it still resume).
+    for name in _WORD_ONLY:
+        if settings.level != "word" or getattr(settings, name) == _DEFAULTS[name]:
+            del payload["settings"][name]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+_WORD_ONLY = ("lowercase", "segments", "word_split")
+_DEFAULTS = PrepareSettings().as_dict()
 
 
 def _holds_only_our_files(data_dir: Path) -> bool:
@@ -352,7 +377,12 @@ def prepare(
 
     report.line(f"building the {settings.level} tokenizer from {len(train_text):,} characters")
     tokenizer = build_tokenizer(
-        settings.level, iter_chunks(train_text, CHUNK_CHARS), settings.vocab_size
+        settings.level,
+        iter_chunks(train_text, CHUNK_CHARS),
+        settings.vocab_size,
+        lowercase=settings.lowercase,
+        segments=settings.segments,
+        word_split=settings.word_split,
     )
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)

@@ -22,10 +22,17 @@ from tokenizers import (
 from charlm.errors import DataError, UsageError
 
 LEVELS = ("char", "word", "bpe")
+_NO_CAP = 2**31 - 1  # the word trainer's vocab_size for "keep every word"
 
 CHAR_UNK = "<unk>"
 SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN = "SENTENCE_START", "SENTENCE_END", "UNKNOWN_TOKEN"
 WORD_SPECIALS = (SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN)
+# segments="lines" (pytorch/examples word_language_model): every line, empty ones included, ends
+# in LINE_END and nothing marks a start.
+LINE_END = "<eos>"
+LINE_SPECIALS = (LINE_END, UNKNOWN_TOKEN)
+SEGMENTS = ("sentences", "lines")
+WORD_SPLITS = ("rules", "whitespace")
 
 # Words, numbers (3.14, 1,000), English clitics ('s, 't, 're, ...), single punctuation marks, and
 # WikiText's own "<unk>" kept whole. Applied after lower-casing and splitting on whitespace, so
@@ -69,19 +76,46 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def build_tokenizer(level: str, text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` as Python's `for line in file` reads them, without the line break.
+
+    Empty lines count; a final line break does not start another line.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def build_tokenizer(
+    level: str,
+    text_chunks: Iterable[str],
+    vocab_size: int,
+    *,
+    lowercase: bool = True,
+    segments: str = "sentences",
+    word_split: str = "rules",
+) -> Tokenizer:
     """Train a tokenizer of `level` on the text; `vocab_size` caps word/bpe (specials included).
 
     char ignores `vocab_size`: its vocabulary is `<unk>` (id 0) plus every code point of the text,
-    sorted. The chunks are read once, so a generator is fine.
+    sorted. word: `vocab_size` 0 keeps every word of the text; `lowercase`, `segments` and
+    `word_split` are stored in the tokenizer, so Encoder and StreamDecoder follow them. The
+    chunks are read once, so a generator is fine.
     """
     check_level(level)
     if level == "char":
         return _build_char(text_chunks)
+    if level == "word":
+        if vocab_size < 0:
+            raise UsageError(f"vocab_size {vocab_size} is negative; use 0 (no cap) or more")
+        if segments not in SEGMENTS:
+            raise UsageError(f"segments {segments!r} must be one of: {', '.join(SEGMENTS)}")
+        if word_split not in WORD_SPLITS:
+            raise UsageError(f"word_split {word_split!r} must be one of: {', '.join(WORD_SPLITS)}")
+        return _build_word(text_chunks, vocab_size, lowercase, segments, word_split)
     if vocab_size < 1:
         raise UsageError(f"vocab_size {vocab_size} is too small; use a positive number")
-    if level == "word":
-        return _build_word(text_chunks, vocab_size)
     return _build_bpe(text_chunks, vocab_size)
 
 
@@ -109,27 +143,40 @@ def _build_char(text_chunks: Iterable[str]) -> Tokenizer:
     return tokenizer
 
 
-def _word_pipeline(tokenizer: Tokenizer) -> None:
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated"),
-        ]
-    )
-
-
-def _build_word(text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
+def _build_word(
+    text_chunks: Iterable[str], vocab_size: int, lowercase: bool, segments: str, word_split: str
+) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN_TOKEN))
-    _word_pipeline(tokenizer)
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    batches: Iterable[str | list[str]] = _line_batches(text_chunks)
+    if word_split == "whitespace":
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # Words come pre-split by str.split(), as pytorch/examples splits them: it also splits
+        # at \x1c-\x1f, which WhitespaceSplit does not (the trainer sees each word alone).
+        batches = (piece.split() for piece in batches)
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="isolated"),
+            ]
+        )
+    specials = LINE_SPECIALS if segments == "lines" else WORD_SPECIALS
     # The trainer keeps the most frequent words, breaks ties by the word itself (deterministic)
-    # and counts the special tokens inside vocab_size; they get ids 0, 1, 2.
+    # and counts the special tokens inside vocab_size; they get the first ids.
     trainer = trainers.WordLevelTrainer(
-        vocab_size=max(vocab_size, len(WORD_SPECIALS)),
-        special_tokens=list(WORD_SPECIALS),
+        vocab_size=max(vocab_size, len(specials)) if vocab_size else _NO_CAP,
+        special_tokens=list(specials),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_line_batches(text_chunks), trainer=trainer)
+    tokenizer.train_from_iterator(batches, trainer=trainer)
+    if segments == "lines":
+        # Every line encoded alone, an empty one too, comes back followed by LINE_END.
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A {LINE_END}", special_tokens=[(LINE_END, tokenizer.token_to_id(LINE_END))]
+        )
+        return tokenizer
     start, end = (tokenizer.token_to_id(t) for t in (SENTENCE_START, SENTENCE_END))
     # Every sentence encoded alone comes back wrapped in SENTENCE_START ... SENTENCE_END.
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -173,19 +220,33 @@ def tokenizer_level(tokenizer: Tokenizer) -> str:
     """Tell which level built this tokenizer: "bpe", "word" or "char"."""
     if isinstance(tokenizer.model, models.BPE):
         return "bpe"
-    if tokenizer.token_to_id(SENTENCE_START) is not None:
+    # A char vocabulary holds single characters and <unk>, never UNKNOWN_TOKEN.
+    if tokenizer.token_to_id(UNKNOWN_TOKEN) is not None:
         return "word"
     return "char"
 
 
+def _word_end_token(tokenizer: Tokenizer) -> str:
+    """SENTENCE_END, or LINE_END for a tokenizer built with segments="lines" (no start token)."""
+    return SENTENCE_END if tokenizer.token_to_id(SENTENCE_START) is not None else LINE_END
+
+
+def _splits_at_whitespace(tokenizer: Tokenizer) -> bool:
+    """Whether the words were split by whitespace only (word_split="whitespace")."""
+    return isinstance(tokenizer.pre_tokenizer, pre_tokenizers.WhitespaceSplit)
+
+
 def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
-    """Ids of the unknown, sentence-start and sentence-end tokens; None where the level has none."""
+    """Ids of the unknown, start and end tokens; None where the level (or segments) has none.
+
+    word: "end" is SENTENCE_END, or LINE_END with segments="lines", where "start" is None.
+    """
     level = tokenizer_level(tokenizer)
     if level == "word":
         return {
             "unk": tokenizer.token_to_id(UNKNOWN_TOKEN),
             "start": tokenizer.token_to_id(SENTENCE_START),
-            "end": tokenizer.token_to_id(SENTENCE_END),
+            "end": tokenizer.token_to_id(_word_end_token(tokenizer)),
         }
     if level == "char":
         return {"unk": tokenizer.token_to_id(CHAR_UNK), "start": None, "end": None}
@@ -223,7 +284,8 @@ def _id_to_token_table(tokenizer: Tokenizer) -> list[str]:
 class Encoder:
     """Turn text into token ids quickly; unseen characters or words become the unknown id.
 
-    word: every sentence is wrapped in SENTENCE_START ... SENTENCE_END.
+    word: every sentence is wrapped in SENTENCE_START ... SENTENCE_END, or with segments="lines"
+    every line (empty ones too) is followed by LINE_END.
     """
 
     def __init__(self, tokenizer: Tokenizer, level: str) -> None:
@@ -231,6 +293,9 @@ class Encoder:
         self.level = check_level(level)
         if level == "char":
             self._char_table = self._make_char_table(tokenizer)
+        if level == "word":
+            self._by_lines = tokenizer.token_to_id(SENTENCE_START) is None
+            self._by_whitespace = _splits_at_whitespace(tokenizer)
 
     @staticmethod
     def _make_char_table(tokenizer: Tokenizer) -> np.ndarray:
@@ -252,7 +317,12 @@ class Encoder:
             table = self._char_table
             return table[np.minimum(_code_points(text), len(table) - 1)]
         if self.level == "word":
-            pieces = split_sentences(text)
+            pieces = split_lines(text) if self._by_lines else split_sentences(text)
+            if self._by_whitespace:
+                # str.split(), exactly as the tokenizer was trained (see _build_word).
+                words = [piece.split() for piece in pieces]
+                encodings = self.tokenizer.encode_batch(words, is_pretokenized=True)
+                return np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
         else:
             pieces = text.splitlines(keepends=True)
         encodings = self.tokenizer.encode_batch(pieces)
@@ -268,9 +338,11 @@ _JOINERS = frozenset("-/")
 class StreamDecoder:
     """Turn generated ids into printable text one token at a time.
 
-    char: the character; word: the word with readable spacing, SENTENCE_START dropped,
-    SENTENCE_END as a newline, UNKNOWN_TOKEN shown; bpe: text once its UTF-8 bytes are complete,
-    so a character split over several tokens is never printed broken ('' until then).
+    char: the character; word: the word with readable spacing (one space between words where
+    they were split at whitespace only, so pre-tokenised text comes back as written), with
+    SENTENCE_START dropped, SENTENCE_END or LINE_END as a newline and UNKNOWN_TOKEN shown;
+    bpe: text once its UTF-8 bytes are complete, so a character split over several tokens is
+    never printed broken ('' until then).
     """
 
     def __init__(self, tokenizer: Tokenizer, level: str) -> None:
@@ -280,6 +352,9 @@ class StreamDecoder:
             self._stream = decoders.DecodeStream(skip_special_tokens=False)
         else:
             self._tokens = _id_to_token_table(tokenizer)
+        if level == "word":
+            self._end_token = _word_end_token(tokenizer)
+            self._plain_spacing = _splits_at_whitespace(tokenizer)
         self._previous: str | None = None  # word: last token on this line; None at line start
         self._quote_open = False
 
@@ -302,10 +377,12 @@ class StreamDecoder:
     def _word_step(self, token: str) -> str:
         if token == SENTENCE_START:
             return ""
-        if token == SENTENCE_END:
+        if token == self._end_token:
             self._previous, self._quote_open = None, False
             return "\n"
         previous, self._previous = self._previous, token
+        if self._plain_spacing:
+            return token if previous is None else " " + token
         if token == '"':
             opening = not self._quote_open
             self._quote_open = opening

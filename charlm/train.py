@@ -201,6 +201,9 @@ def _prepare_settings(
         val_file=val_file,
         csv_column=config.data.csv_column,
         errors=errors,
+        lowercase=config.data.lowercase,
+        segments=config.data.segments,
+        word_split=config.data.word_split,
     )
 
 

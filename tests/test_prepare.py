@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from charlm.prepare import (
     read_text,
     split_train_val,
 )
-from charlm.tokenizer import Encoder, decode
+from charlm.tokenizer import LINE_END, Encoder, decode
 
 META_KEYS = {
     "format",
@@ -301,6 +302,9 @@ def test_validation_part_must_not_be_empty(tmp_path: Path) -> None:
         {"val_fraction": 1.0},
         {"errors": "ignore"},
         {"level": "word", "vocab_size": 3},
+        {"level": "word", "segments": "paragraphs"},
+        {"level": "word", "word_split": "bpe"},
+        {"level": "bpe", "vocab_size": 0},
     ],
 )
 def test_bad_settings_are_usage_errors(corpus_file: Path, tmp_path: Path, settings: dict) -> None:
@@ -342,3 +346,147 @@ def test_small_chunks_give_the_same_ids(
         assert (tmp_path / "whole" / name).read_bytes() == (
             tmp_path / "chunked" / name
         ).read_bytes()
+
+
+# --- pytorch/examples' word level (WikiText-2): lowercase, segments and word_split ---
+
+PYTORCH_WORDS = {"level": "word", "vocab_size": 0, "lowercase": False}
+PYTORCH_WORDS |= {"segments": "lines", "word_split": "whitespace"}
+
+
+def wiki_like(lines: int, seed: int) -> str:
+    """Pre-tokenised text in WikiText's shape: headings, empty lines, "@-@", "<unk>"."""
+    from conftest import make_english
+
+    out = []
+    for number, line in enumerate(make_english(lines, seed).splitlines()):
+        words = line.replace(".", " .").replace(",", " ,").split()
+        if number % 7 == 0:
+            out += ["", f" = {words[0]} = ", ""]
+        out.append(" " + " ".join(words + ["well", "@-@", "known", "<unk>"]) + " ")
+    return "\n".join(out) + "\n"
+
+
+def pytorch_token_count(text: str) -> int:
+    """pytorch/examples data.py: `len(line.split()) + 1` (the <eos>) for every line of the file."""
+    return sum(len(line.split()) + 1 for line in text.splitlines(keepends=True))
+
+
+def test_lines_mode_counts_match_pytorch_examples(tmp_path: Path) -> None:
+    train, val = wiki_like(120, seed=1), wiki_like(30, seed=2)
+    (tmp_path / "train.txt").write_text(train, encoding="utf-8")
+    (tmp_path / "valid.txt").write_text(val, encoding="utf-8")
+    meta = run(
+        tmp_path / "train.txt", tmp_path / "data", val_file=tmp_path / "valid.txt", **PYTORCH_WORDS
+    )
+    assert "\n\n" in train and meta["train_tokens"] == pytorch_token_count(train)
+    assert meta["val_tokens"] == pytorch_token_count(val)
+    assert meta["settings"]["segments"] == "lines" and meta["settings"]["lowercase"] is False
+    data = load_prepared(tmp_path / "data")
+    vocab = data.tokenizer.get_vocab()
+    assert meta["special_ids"]["start"] is None
+    assert meta["special_ids"]["end"] == vocab[LINE_END]
+    # Every training word is kept (vocab_size 0), case and "@-@" as written, plus 2 specials.
+    assert meta["vocab_size"] == len(set(train.split())) + 2
+    assert {"@-@", "<unk>", "The", "the"} <= set(vocab)
+    tokens = [data.tokenizer.id_to_token(int(i)) for i in data.train_ids]
+    assert tokens == [w for line in train.splitlines() for w in line.split() + [LINE_END]]
+
+
+def test_word_defaults_are_unchanged(corpus_file: Path, tmp_path: Path) -> None:
+    implicit = run(corpus_file, tmp_path / "implicit", level="word", vocab_size=30)
+    explicit = run(
+        corpus_file,
+        tmp_path / "explicit",
+        level="word",
+        vocab_size=30,
+        lowercase=True,
+        segments="sentences",
+        word_split="rules",
+    )
+    assert explicit["cache_key"] == implicit["cache_key"]
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (tmp_path / "implicit" / name).read_bytes() == (
+            tmp_path / "explicit" / name
+        ).read_bytes()
+    # The cache key is the one computed before these settings existed, so data prepared then is
+    # reused (and runs trained on it resume).
+    old_settings = {
+        key: value
+        for key, value in implicit["settings"].items()
+        if key not in ("lowercase", "segments", "word_split")
+    }
+    old_payload = {
+        "format": implicit["format"],
+        "input": implicit["sha256"],
+        "val_input": None,
+        "settings": {**old_settings, "val_fraction": 0.05},
+    }
+    old_key = hashlib.sha256(json.dumps(old_payload, sort_keys=True).encode()).hexdigest()
+    assert implicit["cache_key"] == old_key
+    start, end = implicit["special_ids"]["start"], implicit["special_ids"]["end"]
+    assert start is not None and end is not None and start != end
+
+
+def test_meta_without_the_word_settings_loads_as_defaults(
+    corpus_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "data"
+    meta = run(corpus_file, out, level="word", vocab_size=30)
+    for key in ("lowercase", "segments", "word_split"):
+        del meta["settings"][key]
+    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    data = load_prepared(out)
+    assert data.meta == meta and len(data.train_ids) == meta["train_tokens"]
+    # Preparing again with the defaults finds it up to date; any other value rebuilds it.
+    assert run(corpus_file, out, level="word", vocab_size=30) == meta
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    rebuilt = run(corpus_file, out, level="word", vocab_size=30, lowercase=False)
+    assert rebuilt["cache_key"] != meta["cache_key"]
+    assert rebuilt["settings"]["lowercase"] is False
+
+
+def test_word_settings_do_not_change_other_levels(corpus_file: Path, tmp_path: Path) -> None:
+    first = run(corpus_file, tmp_path / "data")
+    assert run(corpus_file, tmp_path / "data", segments="lines", lowercase=False) == first
+
+
+def test_sentence_batching_with_lines_is_a_config_error() -> None:
+    from charlm.config import build_config
+    from charlm.errors import ConfigError
+
+    word = ["data.level=word", "data.batching=sentence"]
+    build_config(overrides=word)
+    with pytest.raises(ConfigError, match="data.segments=sentences"):
+        build_config(overrides=[*word, "data.segments=lines"])
+    build_config(overrides=["data.level=word", "data.vocab_size=0"])
+    with pytest.raises(ConfigError, match="data.vocab_size"):
+        build_config(overrides=["data.level=bpe", "data.vocab_size=0"])
+
+
+def test_prepare_and_train_in_lines_mode_through_the_cli(tmp_path: Path) -> None:
+    from helpers import TINY, cli
+
+    corpus = tmp_path / "train.txt"
+    corpus.write_text(wiki_like(150, seed=3), encoding="utf-8")
+    options = ["--level", "word", "--vocab-size", "0", "--keep-case"]
+    options += ["--segments", "lines", "--word-split", "whitespace"]
+    result = cli("prepare", corpus, *options, "--out", tmp_path / "data")
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert meta["train_tokens"] + meta["val_tokens"] == pytorch_token_count(corpus.read_text())
+    result = cli(
+        "prepare", corpus, "--level", "word", "--segments", "paragraphs", "--out", tmp_path / "x"
+    )
+    assert result.exit_code == 2 and "segments" in result.stderr
+    # train TEXT prepares with the data.* settings of the run.
+    settings = [f"data.{key}={value}" for key, value in PYTORCH_WORDS.items()]
+    sets = [item for setting in settings for item in ("--set", setting)]
+    result = cli(
+        "train", corpus, "--out", tmp_path / "run", "-q", *TINY, *sets, "--set", "train.max_steps=3"
+    )
+    assert result.exit_code == 0, result.stderr
+    run_meta = json.loads((tmp_path / "run" / "data" / "meta.json").read_text())
+    assert run_meta["settings"] | {"csv_column": None} == meta["settings"]
+    assert run_meta["train_tokens"] == meta["train_tokens"]

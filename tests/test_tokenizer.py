@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tokenizers import Tokenizer
 from charlm.errors import DataError, UsageError
 from charlm.tokenizer import (
     CHAR_UNK,
+    LINE_END,
     SENTENCE_END,
     SENTENCE_START,
     UNKNOWN_TOKEN,
@@ -23,7 +25,9 @@ from charlm.tokenizer import (
     count_chars,
     decode,
     load_tokenizer,
+    save_tokenizer,
     special_ids,
+    split_lines,
     split_sentences,
     tokenizer_level,
 )
@@ -203,3 +207,122 @@ def test_bpe_stream_holds_back_partial_characters(bpe_tokenizer: Tokenizer) -> N
 def test_word_vocabulary_ties_are_broken_by_the_word() -> None:
     tokenizer = build_tokenizer("word", ["d b c a\nc a b d\n"], vocab_size=5)
     assert set(tokenizer.get_vocab()) == {SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN, "a", "b"}
+
+
+# --- pytorch/examples' word level: case kept, whitespace split, every line ends in LINE_END ---
+
+# WikiText's shape: a leading space, empty lines, "@-@", "<unk>", punctuation already split off.
+WIKI_TEXT = (
+    " = Valkyria Chronicles III = \n"
+    " \n"
+    " The game 's <unk> , the well @-@ known 3 @.@ 5 score . \n"
+    "\n"
+    " the Game ( 2011 ) : it sold well ! \n"
+)
+
+
+def pytorch_tokens(text: str) -> list[str]:
+    """pytorch/examples word_language_model data.py: `line.split() + ['<eos>']` for every line."""
+    return [word for line in io.StringIO(text) for word in line.split() + [LINE_END]]
+
+
+def build_lines(text: str, vocab_size: int = 0, lowercase: bool = False) -> Tokenizer:
+    return build_tokenizer(
+        "word",
+        [text],
+        vocab_size,
+        lowercase=lowercase,
+        segments="lines",
+        word_split="whitespace",
+    )
+
+
+def test_split_lines_reads_like_a_file() -> None:
+    for text in ("a\n\nb\n", "a\n\nb", "\n", "\n\n x \n", "x"):
+        assert split_lines(text) == [line.rstrip("\n") for line in io.StringIO(text)]
+
+
+def test_lines_mode_ends_every_line_empty_ones_too() -> None:
+    tokenizer = build_lines(WIKI_TEXT)
+    ids = Encoder(tokenizer, "word").encode(WIKI_TEXT)
+    assert len(ids) == sum(len(line.split()) + 1 for line in io.StringIO(WIKI_TEXT))
+    assert [tokenizer.id_to_token(i) for i in ids] == pytorch_tokens(WIKI_TEXT)
+    # No start token anywhere: special_ids says so, and the end is LINE_END.
+    assert SENTENCE_START not in tokenizer.get_vocab()
+    assert special_ids(tokenizer) == {
+        "unk": tokenizer.token_to_id(UNKNOWN_TOKEN),
+        "start": None,
+        "end": tokenizer.token_to_id(LINE_END),
+    }
+    assert tokenizer_level(tokenizer) == "word"
+
+
+def test_lines_mode_keeps_case_and_pretokenised_words() -> None:
+    tokenizer = build_lines(WIKI_TEXT)
+    vocab = tokenizer.get_vocab()
+    # vocab_size=0: every word of the text, plus LINE_END and UNKNOWN_TOKEN.
+    assert set(vocab) == set(WIKI_TEXT.split()) | {LINE_END, UNKNOWN_TOKEN}
+    assert {"The", "the", "Game", "game", "@-@", "@.@", "'s", "<unk>", ",", "(", "!"} <= set(vocab)
+    assert vocab["The"] != vocab["the"]
+    # The same text with the rules and lower-casing: @-@ is split up, The and the are one word.
+    rules = build_tokenizer("word", [WIKI_TEXT], 0, segments="lines")
+    assert "@-@" not in rules.get_vocab() and "The" not in rules.get_vocab()
+    assert "<unk>" in rules.get_vocab()
+
+
+def test_lines_mode_lowercase_is_optional() -> None:
+    tokenizer = build_lines(WIKI_TEXT, lowercase=True)
+    ids = Encoder(tokenizer, "word").encode("The THE the\n")
+    assert [tokenizer.id_to_token(i) for i in ids] == ["the", "the", "the", LINE_END]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["a", "B", "b", "@-@", ",", " ", "\t", "\n", "\x1c", "\xa0"])))
+def test_lines_mode_matches_pytorch_examples_on_any_text(pieces: list[str]) -> None:
+    # \x1c and \xa0: str.split() splits at both, the tokenizers library only at \xa0.
+    text = "".join(pieces)
+    if not text.split():
+        return  # nothing to build a vocabulary from
+    tokenizer = build_lines(text)
+    ids = Encoder(tokenizer, "word").encode(text)
+    assert [tokenizer.id_to_token(i) for i in ids] == pytorch_tokens(text)
+
+
+def test_lines_mode_vocabulary_cap_counts_its_two_specials() -> None:
+    tokenizer = build_lines("b a\nc a b\na\n", vocab_size=4)
+    assert set(tokenizer.get_vocab()) == {LINE_END, UNKNOWN_TOKEN, "a", "b"}
+    ids = Encoder(tokenizer, "word").encode("a c\n")
+    assert [tokenizer.id_to_token(i) for i in ids] == ["a", UNKNOWN_TOKEN, LINE_END]
+
+
+def test_lines_mode_decodes_to_the_pretokenised_text_and_survives_saving(tmp_path: Path) -> None:
+    tokenizer = build_lines(WIKI_TEXT)
+    save_tokenizer(tokenizer, tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    ids = Encoder(loaded, "word").encode(WIKI_TEXT)
+    assert ids.tolist() == Encoder(tokenizer, "word").encode(WIKI_TEXT).tolist()
+    expected = "".join(" ".join(line.split()) + "\n" for line in io.StringIO(WIKI_TEXT))
+    assert decode(loaded, "word", ids) == expected
+    stream = StreamDecoder(loaded, "word")
+    assert "".join(stream.step(i) for i in ids) == expected
+
+
+def test_whitespace_split_with_sentences_keeps_words_whole() -> None:
+    text = "Well-known don't 3.5 . Next one !\n"
+    tokenizer = build_tokenizer("word", [text], 0, word_split="whitespace")
+    ids = Encoder(tokenizer, "word").encode(text)
+    s, e = SENTENCE_START, SENTENCE_END
+    tokens = [tokenizer.id_to_token(i) for i in ids]
+    assert tokens == [s, "well-known", "don't", "3.5", ".", e, s, "next", "one", "!", e]
+
+
+def test_word_vocab_size_zero_keeps_every_word() -> None:
+    tokenizer = build_tokenizer("word", [WORD_TEXT], vocab_size=0)
+    capped = build_tokenizer("word", [WORD_TEXT], vocab_size=10_000)
+    assert tokenizer.get_vocab() == capped.get_vocab()
+    with pytest.raises(UsageError, match="vocab_size"):
+        build_tokenizer("word", [WORD_TEXT], vocab_size=-1)
+    with pytest.raises(UsageError, match="segments"):
+        build_tokenizer("word", [WORD_TEXT], 10, segments="paragraphs")
+    with pytest.raises(UsageError, match="word_split"):
+        build_tokenizer("word", [WORD_TEXT], 10, word_split="bpe")
