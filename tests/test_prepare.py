@@ -490,3 +490,10 @@ def test_prepare_and_train_in_lines_mode_through_the_cli(tmp_path: Path) -> None
     run_meta = json.loads((tmp_path / "run" / "data" / "meta.json").read_text())
     assert run_meta["settings"] | {"csv_column": None} == meta["settings"]
     assert run_meta["train_tokens"] == meta["train_tokens"]
+
+
+def test_wikitext_config_asks_for_pytorch_examples_tokens() -> None:
+    from charlm.config import build_config
+
+    config = build_config(config_file=Path(__file__).parents[1] / "configs/wikitext2-word.yaml")
+    assert {key: getattr(config.data, key) for key in PYTORCH_WORDS} == PYTORCH_WORDS
