@@ -330,6 +330,8 @@ def main() -> None:
                 "sample": samples,
             }
         )
+        if args.json:  # after each model, so an interrupted run keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.prepare_mb:
         console.print(f"[bold]large[/]: {args.prepare_mb} MB char preparation", highlight=False)
         results["large_prepare"] = large_prepare(work, args.prepare_mb, args.threads)

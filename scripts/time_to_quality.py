@@ -154,10 +154,10 @@ def plot(curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> N
         ax.plot(t, [p["val_loss"] for p in points], ".", color=line.get_color(), alpha=0.35)
     ax.set_xscale("log")
     ax.set_xlabel("training wall-clock seconds (evaluation excluded, log scale)")
-    ax.set_ylabel("validation loss, nats/word (line: best so far; dots: each evaluation)")
+    ax.set_ylabel("validation loss, nats/word")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="line: best so far; dots: each evaluation", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
