@@ -263,7 +263,7 @@ def train(
         if data_dir is not None:
             # Prepared data says what it is: its level overrides the config file's (an
             # explicit --set data.level still wins, and must then agree).
-            overrides = [f"data.level={_prepared_level(Path(data_dir))}", *overrides]
+            overrides = [*_prepared_settings(Path(data_dir)), *overrides]
         config = build_config(config_file=config_file, overrides=overrides)
         if is_run_dir(run_dir) and not force:
             raise UsageError(
@@ -283,8 +283,14 @@ def train(
         dist.close()
 
 
-def _prepared_level(data_dir: Path) -> str:
-    return load_prepared(data_dir).meta["level"]
+def _prepared_settings(data_dir: Path) -> list[str]:
+    """The data.* settings a prepared folder was made with, as overrides (absent: defaults)."""
+    meta = load_prepared(data_dir).meta
+    settings = meta.get("settings", {})
+    keys = ("lowercase", "segments", "word_split") if meta["level"] == "word" else ()
+    return [f"data.level={meta['level']}"] + [
+        f"data.{key}={settings[key]}" for key in keys if key in settings
+    ]
 
 
 def _load_data(

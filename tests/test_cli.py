@@ -184,3 +184,41 @@ def test_train_accepts_invalid_utf8_only_when_asked(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     result = cli("train", bad, "--out", tmp_path / "run2", "-q", "--errors", "maybe")
     assert result.exit_code == 2 and "errors" in result.stderr
+
+
+def test_training_from_prepared_lines_data_takes_its_word_settings(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path, "A b c .\n\nD e @-@ f\n" * 200)
+    made = cli(
+        "prepare",
+        corpus,
+        "--level",
+        "word",
+        "--vocab-size",
+        "0",
+        "--keep-case",
+        "--segments",
+        "lines",
+        "--word-split",
+        "whitespace",
+        "--out",
+        tmp_path / "data",
+    )
+    assert made.exit_code == 0, made.stderr
+    result = cli(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run",
+        "-q",
+        *TINY,
+        "--set",
+        "train.max_steps=3",
+    )
+    assert result.exit_code == 0, result.stderr
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert (
+        "segments: lines" in saved
+        and "lowercase: false" in saved
+        and "word_split: whitespace" in saved
+    )

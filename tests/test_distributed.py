@@ -324,8 +324,10 @@ def test_a_signal_to_one_rank_stops_all_at_the_same_step(tmp_path: Path) -> None
     procs[1].send_signal(signal.SIGTERM)  # only rank 1 is told; rank 0 must hear it too
     codes, logs = finish(procs, tmp_path)
     assert codes == [143, 143], logs
+    # Both ranks exit 143 together (a rank stopping at another step would break the next
+    # collective); only rank 0 reports it.
     stopped = [line for log in logs for line in log.splitlines() if "SIGTERM at step" in line]
-    assert len(stopped) == 2 and stopped[0] == stopped[1], logs
+    assert len(stopped) == 1 and "SIGTERM at step" in logs[0], logs
     step = int(stopped[0].split("SIGTERM at step ")[1].split(":")[0])
     assert load_checkpoint(run_dir, "latest").step == step  # saved by rank 0
 
