@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from charlm.tokenizer import (
     Encoder,
     build_tokenizer,
     check_level,
-    count_chars,
     iter_chunks,
     load_tokenizer,
     save_tokenizer,
@@ -117,7 +117,7 @@ def _decode_utf8(raw: bytes, name: str, errors: str) -> str:
         )
     skip = len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
     try:
-        text = raw[skip:].decode("utf-8", errors=errors)
+        text = str(memoryview(raw)[skip:], "utf-8", errors)  # a view: no copy of a large file
     except UnicodeDecodeError as error:
         raise DataError(
             f"{name}: invalid UTF-8 at byte offset {error.start + skip}; "
@@ -155,37 +155,43 @@ def _check_not_empty(text: str, name: str) -> None:
         raise DataError(f"{name}: empty (no text, or only whitespace); give a corpus with text")
 
 
-def _read_file(path: Path, errors: str, csv_column: str | None) -> tuple[str, bytes]:
-    """Text and raw bytes of one .txt (any extension) or .csv file."""
+def _read_file(
+    path: Path, errors: str, csv_column: str | None, hash_raw: Callable[[bytes], None]
+) -> str:
+    """Text of one .txt (any extension) or .csv file; its raw bytes go to `hash_raw` and are
+    dropped before the text is returned, so a large file is not held twice."""
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read it ({error.strerror}); check the path") from None
+    hash_raw(raw)
     text = _decode_utf8(raw, str(path), errors)
+    del raw
     if path.suffix.lower() == ".csv":
         text = _csv_documents(text, str(path), csv_column)
     _check_not_empty(text, str(path))
-    return text, raw
+    return text
 
 
 def _read_source(path: Path, errors: str, csv_column: str | None) -> tuple[str, str]:
     """Text and sha256 of a file, or of a folder's .txt files (sorted by name, joined by "\\n")."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; check the path")
+    digest = hashlib.sha256()
     if not path.is_dir():
-        text, raw = _read_file(path, errors, csv_column)
-        return text, hashlib.sha256(raw).hexdigest()
+        return _read_file(path, errors, csv_column, digest.update), digest.hexdigest()
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
     if not files:
         raise DataError(f"{path}: the folder has no .txt files; put the corpus in *.txt files")
-    digest = hashlib.sha256()
     texts = []
     for file in files:
-        text, raw = _read_file(file, errors, None)
-        # Name and length first so that moving text between files changes the hash.
-        digest.update(f"{file.name}\0{len(raw)}\0".encode())
-        digest.update(raw)
-        texts.append(text)
+
+        def hash_named(raw: bytes, name: str = file.name) -> None:
+            # Name and length first so that moving text between files changes the hash.
+            digest.update(f"{name}\0{len(raw)}\0".encode())
+            digest.update(raw)
+
+        texts.append(_read_file(file, errors, None, hash_named))
     return "\n".join(texts), digest.hexdigest()
 
 
@@ -196,8 +202,8 @@ def read_text(path: Path, errors: str = "strict", csv_column: str | None = None)
     return _read_source(Path(path), errors, csv_column)[0]
 
 
-def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
-    """Cut off the last `val_fraction` of the text as validation, at the nearest line break.
+def split_point(text: str, val_fraction: float) -> int:
+    """Where the last `val_fraction` of the text begins, moved to the nearest line break.
 
     Deterministic; a line is never split unless the text has no line break at all.
     """
@@ -205,7 +211,12 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     after = text.find("\n", target)
     before = text.rfind("\n", 0, target)
     candidates = [i + 1 for i in (after, before) if 0 <= i < len(text) - 1]
-    cut = min(candidates, key=lambda i: abs(i - target)) if candidates else target
+    return min(candidates, key=lambda i: abs(i - target)) if candidates else target
+
+
+def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
+    """The text cut at `split_point`: (training, validation)."""
+    cut = split_point(text, val_fraction)
     return text[:cut], text[cut:]
 
 
@@ -297,13 +308,35 @@ def _fsync_replace(temp: Path, final: Path) -> None:
     os.replace(temp, final)
 
 
+_NON_SPACE = re.compile(r"\S")
+
+
+@dataclass(frozen=True)
+class _Part:
+    """text[start:end] without the copy: the training or validation part of a corpus."""
+
+    text: str
+    start: int
+    end: int
+
+    @property
+    def chars(self) -> int:
+        return self.end - self.start  # what count_chars counts: code points
+
+    def chunks(self) -> Iterator[str]:
+        return iter_chunks(self.text, CHUNK_CHARS, self.start, self.end)
+
+    def has_text(self) -> bool:
+        return _NON_SPACE.search(self.text, self.start, self.end) is not None
+
+
 def _write_ids(
-    path: Path, text: str, encoder: Encoder, dtype: np.dtype, advance: Callable[[int], None]
+    path: Path, part: _Part, encoder: Encoder, dtype: np.dtype, advance: Callable[[int], None]
 ) -> tuple[int, int]:
-    """Encode `text` chunk by chunk and append to `path`; returns (tokens, largest id)."""
+    """Encode `part` chunk by chunk and append to `path`; returns (tokens, largest id)."""
     tokens, largest = 0, -1
     with open(path, "wb") as file:
-        for chunk in iter_chunks(text, CHUNK_CHARS):
+        for chunk in part.chunks():
             ids = encoder.encode(chunk)
             if ids.size:
                 largest = max(largest, int(ids.max()))
@@ -349,16 +382,13 @@ def prepare(
         val_text, val_sha256 = _read_source(
             Path(settings.val_file), settings.errors, settings.csv_column
         )
-        train_text = text
-    else:
-        train_text, val_text = split_train_val(text, settings.val_fraction)
+        train, val = _Part(text, 0, len(text)), _Part(val_text, 0, len(val_text))
+    else:  # two ranges of one string: a large corpus is not copied into its parts
+        cut = split_point(text, settings.val_fraction)
+        train, val = _Part(text, 0, cut), _Part(text, cut, len(text))
     total_chars = len(text)
-    del text
-    for part, part_text, fix in (
-        ("validation", val_text, "larger"),
-        ("training", train_text, "smaller"),
-    ):
-        if not part_text.strip():
+    for part, piece, fix in (("validation", val, "larger"), ("training", train, "smaller")):
+        if not piece.has_text():
             raise DataError(
                 f"{source_name}: the {part} part is empty (val_fraction {settings.val_fraction} "
                 f"of {total_chars:,} characters); pass a {fix} --val-fraction, a --val-file, "
@@ -375,10 +405,10 @@ def prepare(
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
 
-    report.line(f"building the {settings.level} tokenizer from {len(train_text):,} characters")
+    report.line(f"building the {settings.level} tokenizer from {train.chars:,} characters")
     tokenizer = build_tokenizer(
         settings.level,
-        iter_chunks(train_text, CHUNK_CHARS),
+        train.chunks(),
         settings.vocab_size,
         lowercase=settings.lowercase,
         segments=settings.segments,
@@ -392,8 +422,8 @@ def prepare(
     temps[META_FILE] = out_dir / f".{META_FILE}.tmp"
     try:
         counts = {}
-        for name, part in ((TRAIN_FILE, train_text), (VAL_FILE, val_text)):
-            with report.bar(f"encoding {name[:-4]}", len(part)) as advance:
+        for name, part in ((TRAIN_FILE, train), (VAL_FILE, val)):
+            with report.bar(f"encoding {name[:-4]}", part.chars) as advance:
                 counts[name] = _write_ids(temps[name], part, encoder, dtype, advance)
         if max(counts[TRAIN_FILE][1], counts[VAL_FILE][1]) >= vocab_size:
             raise DataError(f"{source_name}: the tokenizer produced an id outside its vocabulary")
@@ -409,8 +439,8 @@ def prepare(
             "settings": settings.as_dict(),
             "train_tokens": counts[TRAIN_FILE][0],
             "val_tokens": counts[VAL_FILE][0],
-            "train_chars": count_chars(train_text),
-            "val_chars": count_chars(val_text),
+            "train_chars": train.chars,
+            "val_chars": val.chars,
             "special_ids": special_ids(tokenizer),
             "cache_key": cache_key,
         }

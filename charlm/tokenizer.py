@@ -200,12 +200,15 @@ def _build_bpe(text_chunks: Iterable[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def iter_chunks(text: str, size: int = 1 << 22) -> Iterator[str]:
-    """Pieces of about `size` characters, each ending at a line break (or the text's end)."""
-    start = 0
-    while start < len(text):
-        cut = text.find("\n", start + size)
-        cut = len(text) if cut < 0 else cut + 1
+def iter_chunks(
+    text: str, size: int = 1 << 22, start: int = 0, end: int | None = None
+) -> Iterator[str]:
+    """Pieces of about `size` characters of text[start:end], each ending at a line break (or
+    the range's end). Only one piece is copied at a time, so a large text is never duplicated."""
+    end = len(text) if end is None else end
+    while start < end:
+        cut = text.find("\n", start + size, end)
+        cut = end if cut < 0 else cut + 1
         yield text[start:cut]
         start = cut
 
