@@ -1,0 +1,38 @@
+"""The package's shape: one-line docstrings, and imports that only point down the layers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "charlm"
+
+
+def charlm_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("charlm"):
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("charlm"))
+    return names
+
+
+def test_every_module_says_what_it_owns_in_one_line() -> None:
+    for path in sorted(PACKAGE.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        assert doc, f"{path.name} has no docstring"
+        assert len(doc.splitlines()[0]) > 10, f"{path.name}: the first line should say what it owns"
+
+
+def test_imports_point_down() -> None:
+    imports = {p.stem: charlm_imports(p) for p in PACKAGE.glob("*.py")}
+    assert imports["config"] <= {"charlm.errors"}  # settings know nothing of the rest
+    # The network sees a config, never a path; its regularisers are torch-only helpers.
+    assert imports["model"] <= {"charlm.config", "charlm.regularise"}
+    assert imports["regularise"] == set()
+    assert imports["errors"] == set()
+    for name, used in imports.items():
+        if name not in ("cli", "__main__"):
+            assert "charlm.cli" not in used, f"{name} imports the CLI; nothing may"
