@@ -56,8 +56,9 @@ def handle_errors(func: F) -> F:
             if isinstance(exc, TrainingStopped) and not is_main_process():
                 raise typer.Exit(exc.exit_code) from None  # every rank stops; rank 0 says why
             lines = str(exc).splitlines() or [type(exc).__name__]
+            kind = "stopped" if isinstance(exc, TrainingStopped) else "error"
             for line in lines:
-                say(f"charlm: error: {line}")
+                say(f"charlm: {kind}: {line}")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             say("charlm: interrupted")
