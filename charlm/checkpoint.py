@@ -334,7 +334,9 @@ def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) ->
     try:
         size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
     except Exception as exc:  # tokenizers raises its own Exception type for bad JSON
-        raise CheckpointError(f"{folder / 'tokenizer.json'}: damaged tokenizer ({_short(exc)})") from None
+        raise CheckpointError(
+            f"{folder / 'tokenizer.json'}: damaged tokenizer ({_short(exc)})"
+        ) from None
     if size != meta.get("vocab_size"):
         raise CheckpointError(
             f"{folder / 'tokenizer.json'}: has {size} entries but the model was trained on "

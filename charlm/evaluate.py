@@ -128,7 +128,6 @@ def evaluate_checkpoint(
     Characters or words the vocabulary never saw become the unknown token, not an error.
     """
 
-
     loaded = load_checkpoint(checkpoint, which)
     config = loaded.config
     dev = resolve_device(device if device != "auto" else config.train.device)
