@@ -37,17 +37,27 @@ def embedding_dropout(embedding: nn.Embedding, tokens: Tensor, p: float, trainin
     return F.embedding(tokens, weight * mask)
 
 
-def activation_penalty(output: Tensor, alpha: float, beta: float, dropped: Tensor) -> Tensor:
+def activation_penalty(
+    output: Tensor, alpha: float, beta: float, dropped: Tensor, mask: Tensor | None = None
+) -> Tensor:
     """AR + TAR on the last layer's output (seq_len, batch, hidden), as AWD-LSTM adds them.
 
     AR (alpha) penalises large activations of the dropped output; TAR (beta) penalises change
     between consecutive steps of the undropped output (Merity et al. 2017, section 4.6).
+    `mask` (seq_len, batch), true at real tokens, keeps sentence padding out of both means.
     """
     penalty = output.new_zeros(())
+    if mask is None:
+        mask = torch.ones(output.shape[:2], dtype=torch.bool, device=output.device)
+    weight = mask.unsqueeze(-1).to(output.dtype)  # (seq_len, batch, 1)
+    width = output.shape[-1]
     if alpha:
-        penalty = penalty + alpha * dropped.pow(2).mean()
+        squares = (dropped.pow(2) * weight).sum()
+        penalty = penalty + alpha * squares / (weight.sum() * width).clamp_min(1)
     if beta and output.shape[0] > 1:
-        penalty = penalty + beta * (output[1:] - output[:-1]).pow(2).mean()
+        pairs = weight[1:] * weight[:-1]  # both steps real
+        change = ((output[1:] - output[:-1]).pow(2) * pairs).sum()
+        penalty = penalty + beta * change / (pairs.sum() * width).clamp_min(1)
     return penalty
 
 

@@ -786,7 +786,10 @@ def _train(
                         # DDP, is the mean over every target of the global batch.
                         objective = nll * (dist.world_size / step_tokens)
                         if t.ar_alpha or t.tar_beta:  # reported loss stays the plain cross-entropy
-                            penalty = activation_penalty(output, t.ar_alpha, t.tar_beta, dropped)
+                            real = targets != IGNORE_INDEX  # sentence padding is no activation
+                            penalty = activation_penalty(
+                                output, t.ar_alpha, t.tar_beta, dropped, real
+                            )
                             objective = objective + penalty / len(micro_batches)
                         objective.backward()
                     nll_sum += nll.detach()

@@ -332,3 +332,15 @@ def test_config_refuses_bad_regularisation_settings() -> None:
         "optim.decay_rate",
     ):
         assert key in message
+
+
+def test_activation_penalty_ignores_padding() -> None:
+    from charlm.regularise import activation_penalty
+
+    torch.manual_seed(0)
+    real = torch.randn(4, 1, 3)
+    padded = torch.cat([real, torch.full((3, 1, 3), 50.0)])  # huge values where padding sits
+    mask = torch.tensor([True] * 4 + [False] * 3).unsqueeze(1)
+    expected = activation_penalty(real, 2.0, 1.0, real)
+    torch.testing.assert_close(activation_penalty(padded, 2.0, 1.0, padded, mask), expected)
+    assert activation_penalty(padded, 2.0, 1.0, padded) > 10 * expected  # unmasked, it counts
