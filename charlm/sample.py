@@ -152,4 +152,9 @@ class Sampler:
                 done |= current == end_id
                 if bool(done.all()):
                     break
+        for i, decoder in enumerate(decoders):
+            tail = decoder.finish()
+            if tail:
+                texts[i] += tail
+                emit(i, tail)
         return texts

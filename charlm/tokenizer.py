@@ -353,6 +353,7 @@ class StreamDecoder:
         self.level = check_level(level)
         if level == "bpe":
             self._stream = decoders.DecodeStream(skip_special_tokens=False)
+            self._held: list[int] = []  # ids whose bytes DecodeStream has not printed yet
         else:
             self._tokens = _id_to_token_table(tokenizer)
         if level == "word":
@@ -371,11 +372,21 @@ class StreamDecoder:
         """Text to print for this token ('' is allowed)."""
         token_id = int(token_id)
         if self.level == "bpe":
-            return self._stream.step(self.tokenizer, token_id) or ""
+            text = self._stream.step(self.tokenizer, token_id) or ""
+            self._held = [] if text else [*self._held, token_id]
+            return text
         token = self._token(token_id)
         if self.level == "char":
             return token
         return self._word_step(token)
+
+    def finish(self) -> str:
+        """What is still held back when generation stops: bpe bytes of an unfinished character,
+        shown with U+FFFD where they do not form one, rather than silently dropped."""
+        if self.level != "bpe" or not self._held:
+            return ""
+        held, self._held = self._held, []
+        return self.tokenizer.decode(held, skip_special_tokens=False)
 
     def _word_step(self, token: str) -> str:
         if token == SENTENCE_START:

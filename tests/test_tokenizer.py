@@ -326,3 +326,18 @@ def test_word_vocab_size_zero_keeps_every_word() -> None:
         build_tokenizer("word", [WORD_TEXT], 10, segments="paragraphs")
     with pytest.raises(UsageError, match="word_split"):
         build_tokenizer("word", [WORD_TEXT], 10, word_split="bpe")
+
+
+def test_bpe_stream_decoder_flushes_an_unfinished_character() -> None:
+    from charlm.tokenizer import StreamDecoder, build_tokenizer
+
+    tokenizer = build_tokenizer("bpe", ["plain ascii text only, nothing else " * 50], 300)
+    ids = tokenizer.encode("ab 🙂").ids
+    assert len(ids) >= 4  # the emoji's four bytes are separate tokens in this vocabulary
+    whole = StreamDecoder(tokenizer, "bpe")
+    assert "".join(whole.step(i) for i in ids) + whole.finish() == "ab 🙂"
+    cut = StreamDecoder(tokenizer, "bpe")
+    printed = "".join(cut.step(i) for i in ids[:-1])  # generation stopped mid-character
+    tail = cut.finish()
+    assert printed == "ab " and tail and set(tail) == {"\ufffd"}  # shown, marked unfinished
+    assert cut.finish() == ""  # nothing is held twice
