@@ -130,7 +130,9 @@ def compare(curves: dict[str, list[dict[str, float]]]) -> dict[str, object]:
     worse = [t for t in times if best_at(ours, t) > best_at(tut, t)]
     # Time each run took to first reach each loss level the tutorial reached.
     levels = []
-    for p in tut:
+    for index, p in enumerate(tut):
+        if index and p["best_val_loss"] >= tut[index - 1]["best_val_loss"]:
+            continue  # no new level: the best-so-far only repeats
         mine = next((q["train_s"] for q in ours if q["best_val_loss"] <= p["best_val_loss"]), None)
         levels.append({"loss": p["best_val_loss"], "tutorial_s": p["train_s"], "charlm_s": mine})
     return {
