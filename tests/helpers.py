@@ -49,3 +49,8 @@ def write_corpus(folder: Path, text: str | None = None, name: str = "corpus.txt"
 def cli(*args: str | Path) -> object:
     """Run the CLI in-process; the result has exit_code, stdout and stderr."""
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def train_tiny(*args: str | Path, steps: int) -> object:
+    """`charlm train ARGS -q` with the TINY model for `steps` steps, in-process."""
+    return cli("train", *args, "-q", *TINY, "--set", f"train.max_steps={steps}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli, write_corpus
+from helpers import TINY, cli, train_tiny, write_corpus
 
 from charlm.checkpoint import load_checkpoint, resolve_checkpoint
 from charlm.errors import CheckpointError
@@ -18,16 +18,7 @@ from charlm.sample import SampleOptions, Sampler
 
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    result = cli(
-        "train",
-        write_corpus(tmp_path),
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=20",
-    )
+    result = train_tiny(write_corpus(tmp_path), "--out", tmp_path / "run", steps=20)
     assert result.exit_code == 0, result.stderr
     return tmp_path / "run"
 

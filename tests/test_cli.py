@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import TINY, cli, write_corpus
+from helpers import TINY, cli, train_tiny, write_corpus
 
 
 def test_help_and_version() -> None:
@@ -72,17 +72,7 @@ def test_prepare_then_train_from_data(tmp_path: Path) -> None:
     result = cli("prepare", corpus, "--out", tmp_path / "data")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "data" / "train.bin").is_file()
-    result = cli(
-        "train",
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=5",
-    )
+    result = train_tiny("--data", tmp_path / "data", "--out", tmp_path / "run", steps=5)
     assert result.exit_code == 0, result.stderr
     result = cli("train", corpus, "--data", tmp_path / "data", "--out", tmp_path / "run2")
     assert result.exit_code == 2 and "either TEXT or --data" in result.stderr
@@ -125,17 +115,7 @@ def test_training_from_prepared_data_takes_its_level(tmp_path: Path) -> None:
         ).exit_code
         == 0
     )
-    result = cli(
-        "train",
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=3",
-    )
+    result = train_tiny("--data", tmp_path / "data", "--out", tmp_path / "run", steps=3)
     assert result.exit_code == 0, result.stderr
     assert "level: word" in (tmp_path / "run" / "config.yaml").read_text()
     result = cli(
@@ -204,17 +184,7 @@ def test_training_from_prepared_lines_data_takes_its_word_settings(tmp_path: Pat
         tmp_path / "data",
     )
     assert made.exit_code == 0, made.stderr
-    result = cli(
-        "train",
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=3",
-    )
+    result = train_tiny("--data", tmp_path / "data", "--out", tmp_path / "run", steps=3)
     assert result.exit_code == 0, result.stderr
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert (

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from helpers import TINY, cli, pattern_text, write_corpus
+from helpers import cli, pattern_text, train_tiny, write_corpus
 
 from charlm.metrics import read_metrics
 
@@ -14,18 +14,7 @@ from charlm.metrics import read_metrics
 def test_evaluate_equals_validation_in_training(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path)
     held_out = write_corpus(tmp_path, pattern_text(1500, seed=9), "held_out.txt")
-    result = cli(
-        "train",
-        corpus,
-        "--val-file",
-        held_out,
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=20",
-    )
+    result = train_tiny(corpus, "--val-file", held_out, "--out", tmp_path / "run", steps=20)
     assert result.exit_code == 0, result.stderr
     val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"][-1]
     scored = cli(
@@ -40,16 +29,7 @@ def test_evaluate_equals_validation_in_training(tmp_path: Path) -> None:
 
 
 def test_unseen_characters_are_unknown_not_a_crash(tmp_path: Path) -> None:
-    result = cli(
-        "train",
-        write_corpus(tmp_path),
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=5",
-    )
+    result = train_tiny(write_corpus(tmp_path), "--out", tmp_path / "run", steps=5)
     assert result.exit_code == 0
     strange = write_corpus(tmp_path, "abc Ж 漢字 🙂 xyz\n" * 20, "strange.txt")
     scored = cli("evaluate", tmp_path / "run", "--text", strange)
@@ -60,16 +40,7 @@ def test_unseen_characters_are_unknown_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_bad_text_is_a_clean_error(tmp_path: Path) -> None:
-    cli(
-        "train",
-        write_corpus(tmp_path),
-        "--out",
-        tmp_path / "run",
-        "-q",
-        *TINY,
-        "--set",
-        "train.max_steps=5",
-    )
+    train_tiny(write_corpus(tmp_path), "--out", tmp_path / "run", steps=5)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc \xff\xfe abc")
     result = cli("evaluate", tmp_path / "run", "--text", bad)
