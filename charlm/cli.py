@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlm import __version__
-from charlm.errors import CharlmError, TrainingStopped
+from charlm.errors import CharlmError, PeerFailure, TrainingStopped
 
 app = typer.Typer(
     name="charlm",
@@ -59,6 +59,9 @@ def handle_errors(func: F) -> F:
             kind = "stopped" if isinstance(exc, TrainingStopped) else "error"
             for line in lines:
                 say(f"charlm: {kind}: {line}")
+            if isinstance(exc, PeerFailure):
+                sys.stdout.flush()
+                os._exit(exc.exit_code)  # skip the broken process group's teardown (it aborts)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             say("charlm: interrupted")

@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as torch_dist
 
-from charlm.errors import CharlmError, UsageError
+from charlm.errors import CharlmError, PeerFailure, UsageError
 
 
 @dataclass
@@ -99,10 +99,10 @@ class DistContext:
         text = str(exc)
         return any(word in text for word in ("gloo", "NCCL", "Connection", "Timed out"))
 
-    def peer_failure(self, exc: BaseException) -> CharlmError:
+    def peer_failure(self, exc: BaseException) -> PeerFailure:
         """A one-line error for a collective that failed: another process died or hung."""
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return CharlmError(
+        return PeerFailure(
             f"rank {self.rank} of {self.world_size}: lost contact with the other processes "
             f"({first}); another rank failed or stopped answering within "
             f"train.dist_timeout_s={self.timeout_s:g}: its own error above is the cause. "

@@ -27,6 +27,15 @@ class CheckpointError(CharlmError):
     """A run directory or checkpoint that is missing, damaged or of another format."""
 
 
+class PeerFailure(CharlmError):
+    """Another process of a data-parallel job died or hung; this one must leave at once.
+
+    The process group is broken, so the interpreter's normal teardown (the backend's threads
+    and destructors) can abort with a C++ "terminate called" instead of the exit code: the
+    command line reports it and then ends the process without that teardown.
+    """
+
+
 class TrainingStopped(CharlmError):
     """Training ended early on purpose (a signal, too many bad steps); the run can be resumed."""
 

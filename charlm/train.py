@@ -272,15 +272,20 @@ def train(
             )
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
-        return _train(
+        result = _train(
             run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress, errors
         )
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
+            # No orderly teardown of a broken group: it can block on the dead peer.
             raise dist.peer_failure(exc) from None
-        raise
-    finally:
         dist.close()
+        raise
+    except BaseException:
+        dist.close()
+        raise
+    dist.close()
+    return result
 
 
 def _prepared_settings(data_dir: Path) -> list[str]:
