@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +17,13 @@ from tokenizers import Tokenizer
 
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
+from charlm.textsource import TextSource, find_split, split_chunks
 from charlm.tokenizer import (
     SEGMENTS,
     WORD_SPLITS,
     Encoder,
     build_tokenizer,
     check_level,
-    iter_chunks,
     load_tokenizer,
     save_tokenizer,
     special_ids,
@@ -37,7 +34,6 @@ TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 CHUNK_CHARS = 4 << 20  # text is encoded and written in pieces of about this many characters
 ERROR_MODES = ("strict", "replace")
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -107,99 +103,11 @@ def choose_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
-def _decode_utf8(raw: bytes, name: str, errors: str) -> str:
-    """Bytes to text; names the file and byte offset of the first invalid UTF-8 or NUL byte."""
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise DataError(
-            f"{name}: looks binary (NUL byte at byte offset {nul}); give a UTF-8 text file "
-            "(UTF-16 files must be converted to UTF-8 first)"
-        )
-    skip = len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
-    try:
-        text = str(memoryview(raw)[skip:], "utf-8", errors)  # a view: no copy of a large file
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{name}: invalid UTF-8 at byte offset {error.start + skip}; "
-            "fix the file or pass --errors replace"
-        ) from None
-    # Read as Python's text mode would: Windows and old Mac line ends become "\n".
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _csv_documents(text: str, name: str, column: str | None) -> str:
-    """Join the `column` field of every row, one document per row, with newlines."""
-    if column is None:
-        raise UsageError(f"{name}: a CSV input needs --csv-column NAME (the column with the text)")
-    # Comments can be far longer than the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{name}: the CSV file has no header row; add one naming the columns")
-        if column not in header:
-            raise UsageError(
-                f"{name}: no column {column!r}; the columns are: {', '.join(header)}; "
-                "pass one of them as --csv-column"
-            )
-        index = header.index(column)
-        documents = [row[index] for row in reader if len(row) > index and row[index].strip()]
-    except csv.Error as error:
-        raise DataError(f"{name}: unreadable CSV at line {reader.line_num} ({error})") from None
-    return "\n".join(documents)
-
-
-def _check_not_empty(text: str, name: str) -> None:
-    if not text.strip():
-        raise DataError(f"{name}: empty (no text, or only whitespace); give a corpus with text")
-
-
-def _read_file(
-    path: Path, errors: str, csv_column: str | None, hash_raw: Callable[[bytes], None]
-) -> str:
-    """Text of one .txt (any extension) or .csv file; its raw bytes go to `hash_raw` and are
-    dropped before the text is returned, so a large file is not held twice."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror}); check the path") from None
-    hash_raw(raw)
-    text = _decode_utf8(raw, str(path), errors)
-    del raw
-    if path.suffix.lower() == ".csv":
-        text = _csv_documents(text, str(path), csv_column)
-    _check_not_empty(text, str(path))
-    return text
-
-
-def _read_source(path: Path, errors: str, csv_column: str | None) -> tuple[str, str]:
-    """Text and sha256 of a file, or of a folder's .txt files (sorted by name, joined by "\\n")."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder; check the path")
-    digest = hashlib.sha256()
-    if not path.is_dir():
-        return _read_file(path, errors, csv_column, digest.update), digest.hexdigest()
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
-    if not files:
-        raise DataError(f"{path}: the folder has no .txt files; put the corpus in *.txt files")
-    texts = []
-    for file in files:
-
-        def hash_named(raw: bytes, name: str = file.name) -> None:
-            # Name and length first so that moving text between files changes the hash.
-            digest.update(f"{name}\0{len(raw)}\0".encode())
-            digest.update(raw)
-
-        texts.append(_read_file(file, errors, None, hash_named))
-    return "\n".join(texts), digest.hexdigest()
-
-
 def read_text(path: Path, errors: str = "strict", csv_column: str | None = None) -> str:
     """The text of one .txt/.csv file (or a folder of .txt files), read as `prepare` reads it."""
     if errors not in ERROR_MODES:
         raise UsageError(f"errors {errors!r} must be one of: {', '.join(ERROR_MODES)}")
-    return _read_source(Path(path), errors, csv_column)[0]
+    return TextSource(Path(path), errors, csv_column).read()
 
 
 def split_point(text: str, val_fraction: float) -> int:
@@ -289,9 +197,9 @@ class _Reporter:
             print(message, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
-    def bar(self, description: str, total: int) -> Iterator:
+    def bar(self, description: str, total: int, unit: str = "characters") -> Iterator:
         if not self.is_tty:
-            self.line(f"{description} ({total:,} characters)")
+            self.line(f"{description} ({total:,} {unit})")
             yield lambda advance: None
             return
         from rich.console import Console
@@ -308,42 +216,25 @@ def _fsync_replace(temp: Path, final: Path) -> None:
     os.replace(temp, final)
 
 
-_NON_SPACE = re.compile(r"\S")
-
-
-@dataclass(frozen=True)
-class _Part:
-    """text[start:end] without the copy: the training or validation part of a corpus."""
-
-    text: str
-    start: int
-    end: int
-
-    @property
-    def chars(self) -> int:
-        return self.end - self.start  # what count_chars counts: code points
-
-    def chunks(self) -> Iterator[str]:
-        return iter_chunks(self.text, CHUNK_CHARS, self.start, self.end)
-
-    def has_text(self) -> bool:
-        return _NON_SPACE.search(self.text, self.start, self.end) is not None
-
-
 def _write_ids(
-    path: Path, part: _Part, encoder: Encoder, dtype: np.dtype, advance: Callable[[int], None]
-) -> tuple[int, int]:
-    """Encode `part` chunk by chunk and append to `path`; returns (tokens, largest id)."""
-    tokens, largest = 0, -1
-    with open(path, "wb") as file:
-        for chunk in part.chunks():
+    chunks: Iterable[tuple[int, str]],
+    paths: list[Path],
+    encoder: Encoder,
+    dtype: np.dtype,
+    advance: Callable[[int], None],
+) -> list[tuple[int, int]]:
+    """Encode (part, chunk) pairs into paths[part]; (tokens, largest id) for each path."""
+    counts = [[0, -1] for _ in paths]
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(path, "wb")) for path in paths]
+        for part, chunk in chunks:
             ids = encoder.encode(chunk)
             if ids.size:
-                largest = max(largest, int(ids.max()))
-                ids.astype(dtype).tofile(file)
-            tokens += int(ids.size)
+                counts[part][1] = max(counts[part][1], int(ids.max()))
+                ids.astype(dtype).tofile(files[part])
+            counts[part][0] += int(ids.size)
             advance(len(chunk))
-    return tokens, largest
+    return [(tokens, largest) for tokens, largest in counts]
 
 
 def prepare(
@@ -368,32 +259,35 @@ def prepare(
             "choose an empty or new output folder"
         )
 
+    # The input is read as a stream, several times over, never whole: a scan (checks, hash,
+    # length), a search for the split, the tokenizer's training, the encoding. Memory stays
+    # bounded by a few chunks whatever the corpus size.
     if source is None:
-        text = builtin_corpus_text()
-        input_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        source_name = "builtin"
+        corpus = TextSource(text=builtin_corpus_text())
     else:
-        source = Path(source)
-        report.line(f"reading {source}")
-        text, input_sha256 = _read_source(source, settings.errors, settings.csv_column)
-        source_name = str(source)
+        corpus = TextSource(Path(source), settings.errors, settings.csv_column)
+    with report.bar(f"reading {corpus.name}", corpus.raw_bytes, "bytes") as advance:
+        scan = corpus.scan(advance)
+    input_sha256, source_name, total_chars = scan.sha256, corpus.name, scan.chars
     val_sha256 = None
     if settings.val_file is not None:
-        val_text, val_sha256 = _read_source(
-            Path(settings.val_file), settings.errors, settings.csv_column
-        )
-        train, val = _Part(text, 0, len(text)), _Part(val_text, 0, len(val_text))
-    else:  # two ranges of one string: a large corpus is not copied into its parts
-        cut = split_point(text, settings.val_fraction)
-        train, val = _Part(text, 0, cut), _Part(text, cut, len(text))
-    total_chars = len(text)
-    for part, piece, fix in (("validation", val, "larger"), ("training", train, "smaller")):
-        if not piece.has_text():
-            raise DataError(
-                f"{source_name}: the {part} part is empty (val_fraction {settings.val_fraction} "
-                f"of {total_chars:,} characters); pass a {fix} --val-fraction, a --val-file, "
-                "or a bigger corpus"
-            )
+        val_corpus = TextSource(Path(settings.val_file), settings.errors, settings.csv_column)
+        val_scan = val_corpus.scan()
+        val_sha256 = val_scan.sha256
+        cut = total_chars
+    else:
+        val_corpus = None
+        cut = find_split(corpus.pieces(), total_chars, settings.val_fraction)
+        for part, has_text, fix in (
+            ("validation", scan.last_text >= cut, "larger"),
+            ("training", 0 <= scan.first_text < cut, "smaller"),
+        ):
+            if not has_text:
+                raise DataError(
+                    f"{source_name}: the {part} part is empty (val_fraction "
+                    f"{settings.val_fraction} of {total_chars:,} characters); pass a {fix} "
+                    "--val-fraction, a --val-file, or a bigger corpus"
+                )
 
     cache_key = _cache_key(input_sha256, val_sha256, settings)
     if existing_meta is not None and existing_meta.get("cache_key") == cache_key:
@@ -405,10 +299,11 @@ def prepare(
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
 
-    report.line(f"building the {settings.level} tokenizer from {train.chars:,} characters")
+    report.line(f"building the {settings.level} tokenizer from {cut:,} characters")
+    train_chunks = (chunk for _, chunk in split_chunks(corpus.pieces(), [0, cut], CHUNK_CHARS))
     tokenizer = build_tokenizer(
         settings.level,
-        train.chunks(),
+        train_chunks,
         settings.vocab_size,
         lowercase=settings.lowercase,
         segments=settings.segments,
@@ -421,10 +316,22 @@ def prepare(
     temps = {name: out_dir / f".{name}.tmp" for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE)}
     temps[META_FILE] = out_dir / f".{META_FILE}.tmp"
     try:
-        counts = {}
-        for name, part in ((TRAIN_FILE, train), (VAL_FILE, val)):
-            with report.bar(f"encoding {name[:-4]}", part.chars) as advance:
-                counts[name] = _write_ids(temps[name], part, encoder, dtype, advance)
+        paths = [temps[TRAIN_FILE], temps[VAL_FILE]]
+        if val_corpus is None:  # one pass over the corpus writes both parts
+            jobs = [(corpus, [0, cut, total_chars], paths, total_chars)]
+            val_chars = total_chars - cut
+        else:
+            val_chars = val_scan.chars
+            jobs = [
+                (corpus, [0, cut], paths[:1], cut),
+                (val_corpus, [0, val_chars], paths[1:], val_chars),
+            ]
+        results = []
+        for text_source, bounds, job_paths, chars in jobs:
+            with report.bar("encoding", chars) as advance:
+                chunks = split_chunks(text_source.pieces(), bounds, CHUNK_CHARS)
+                results += _write_ids(chunks, job_paths, encoder, dtype, advance)
+        counts = dict(zip((TRAIN_FILE, VAL_FILE), results, strict=True))
         if max(counts[TRAIN_FILE][1], counts[VAL_FILE][1]) >= vocab_size:
             raise DataError(f"{source_name}: the tokenizer produced an id outside its vocabulary")
         save_tokenizer(tokenizer, temps[TOKENIZER_FILE])
@@ -439,8 +346,8 @@ def prepare(
             "settings": settings.as_dict(),
             "train_tokens": counts[TRAIN_FILE][0],
             "val_tokens": counts[VAL_FILE][0],
-            "train_chars": train.chars,
-            "val_chars": val.chars,
+            "train_chars": cut,
+            "val_chars": val_chars,
             "special_ids": special_ids(tokenizer),
             "cache_key": cache_key,
         }
