@@ -69,6 +69,11 @@ class ModelConfig:
     forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
+    # Decoder bias at initialisation: this times the log unigram frequencies of the training ids
+    # (add-one smoothed). 0: zero bias, a uniform first guess (the tutorial); 1: the unigram
+    # model; 0.5: its square root, which starts ahead without the full prior's overconfidence in
+    # rare words (docs/benchmarks.md, "Time to quality").
+    unigram_bias: float = 0.0
     # AWD-LSTM's regularisers (Merity et al. 2017); its WikiText-2 values in brackets.
     embedding_dropout: float = 0.0  # drop whole words from the embedding [0.1]
     input_dropout: float = 0.0  # locked (same mask every step) dropout on the embedding [0.65]
@@ -88,6 +93,8 @@ class ModelConfig:
                 "model.tie_weights needs model.embedding_dim == model.hidden_size "
                 f"(got {self.embedding_dim} and {self.hidden_size})"
             )
+        if not 0.0 <= self.unigram_bias <= 1.0:
+            problems.append(f"model.unigram_bias must be in [0, 1] (got {self.unigram_bias})")
         if not 0.0 <= self.leak < 1.0:
             problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
         for name in _DROPOUTS:

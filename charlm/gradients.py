@@ -215,10 +215,20 @@ def profile_config(
 
     config = build_config(config_file=config_file, overrides=list(overrides))
     raw = read_text(text, csv_column=config.data.csv_column)
-    tokenizer = build_tokenizer(config.data.level, [raw], config.data.vocab_size)
+    tokenizer = build_tokenizer(
+        config.data.level,
+        [raw],
+        config.data.vocab_size,
+        lowercase=config.data.lowercase,
+        segments=config.data.segments,
+        word_split=config.data.word_split,
+    )
     ids = Encoder(tokenizer, config.data.level).encode(raw)
     torch.manual_seed(config.train.seed)
-    model = RNNLanguageModel(config.model, tokenizer.get_vocab_size()).to(resolve_device(device))
+    model = RNNLanguageModel(config.model, tokenizer.get_vocab_size())
+    if config.model.unigram_bias:
+        model.init_output_bias(ids, config.model.unigram_bias)
+    model = model.to(resolve_device(device))
     name = f"{config.model.cell} (initial)" if config_file is None else f"{config_file} (initial)"
     return measure_model(model, ids, source=name, **options)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -116,6 +117,19 @@ class RNNLanguageModel(nn.Module):
                 b_hh = getattr(self.rnn, f"bias_hh_l{layer}").data
                 b_ih[hidden : 2 * hidden] = self.config.forget_bias
                 b_hh[hidden : 2 * hidden] = 0.0
+
+    def init_output_bias(self, train_ids: np.ndarray, scale: float = 1.0) -> None:
+        """Set the decoder bias to `scale` times the add-one smoothed log unigram frequencies of
+        `train_ids` (centred): the first prediction is the unigram distribution raised to
+        `scale`, renormalised. Counted in slices, so a memory-mapped corpus is never loaded."""
+        counts = np.ones(self.vocab_size, dtype=np.float64)
+        for start in range(0, len(train_ids), 1 << 24):
+            piece = np.asarray(train_ids[start : start + (1 << 24)])
+            counts += np.bincount(piece, minlength=self.vocab_size)[: self.vocab_size]
+        log_prior = np.log(counts / counts.sum())
+        with torch.no_grad():
+            bias = torch.from_numpy(scale * (log_prior - log_prior.mean()))
+            self.decoder.bias.copy_(bias.to(self.decoder.bias))
 
     def layer_weights(self, layer: int) -> LayerWeights:
         return LayerWeights(

@@ -609,7 +609,10 @@ def _train(
 
     seed_everything(t.seed)
     vocab_size = int(data.meta["vocab_size"])
-    model = RNNLanguageModel(config.model, vocab_size).to(device)
+    model = RNNLanguageModel(config.model, vocab_size)
+    if config.model.unigram_bias and loaded is None:
+        model.init_output_bias(data.train_ids, config.model.unigram_bias)
+    model = model.to(device)
     optimizer = build_optimizer(model, config.optim)
     seed_everything(t.seed + dist.rank)  # dropout differs per rank; the weights do not
 

@@ -76,3 +76,18 @@ def test_tied_weights_are_one_tensor() -> None:
     assert model.decoder.weight is model.embedding.weight
     untied = RNNLanguageModel(ModelConfig(cell="gru", layers=1, hidden_size=8, embedding_dim=8), 30)
     assert count_parameters(untied) - count_parameters(model) == 30 * 8
+
+
+def test_unigram_bias_is_the_scaled_smoothed_log_frequency() -> None:
+    import numpy as np
+
+    model = RNNLanguageModel(ModelConfig(layers=1, hidden_size=8, embedding_dim=4), 5)
+    ids = np.array([0, 0, 0, 1, 3, 3], dtype=np.uint16)  # ids 2 and 4 never occur
+    unigram = torch.tensor([4.0, 2.0, 1.0, 3.0, 1.0]) / 11.0  # add-one smoothed
+    torch.nn.init.zeros_(model.decoder.weight)  # then the model's first guess is the bias alone
+    for scale in (1.0, 0.5):
+        model.init_output_bias(ids, scale)
+        assert abs(float(model.decoder.bias.detach().mean())) < 1e-6  # centred
+        logits, _ = model(torch.tensor([[1]]), model.initial_state(1, "cpu"))
+        expected = torch.log_softmax(scale * torch.log(unigram), -1)  # unigram ** scale
+        torch.testing.assert_close(torch.log_softmax(logits[0, 0], -1), expected)

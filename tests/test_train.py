@@ -207,3 +207,25 @@ def test_epochs_bound_the_run(tmp_path: Path) -> None:
     )
     # 2000 chars, 5% held out, 4 streams of ~474 tokens, windows of 16: 30 steps an epoch.
     assert result.steps == 60
+
+
+def test_unigram_bias_starts_training_from_the_unigram_model(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    first_val = {}
+    for scale in ("0", "1"):
+        run = tmp_path / f"bias-{scale}"
+        settings = ("train.max_steps=1", "train.eval_every=1", "optim.lr=1e-9")
+        train(
+            run,
+            text=corpus,
+            overrides=overrides(*settings, f"model.unigram_bias={scale}"),
+            show_progress=False,
+        )
+        records = read_metrics(run / "metrics.jsonl")
+        first_val[scale] = next(r["val_loss"] for r in records if r["kind"] == "val")
+    text = pattern_text()
+    counts = torch.tensor([text.count(c) for c in sorted(set(text))], dtype=torch.float64)
+    unigram_entropy = float(-(counts / counts.sum() * torch.log(counts / counts.sum())).sum())
+    # Zero bias starts near log(vocabulary); the unigram bias near the unigram entropy.
+    assert first_val["0"] > unigram_entropy + 0.1
+    assert abs(first_val["1"] - unigram_entropy) < 0.05, (first_val, unigram_entropy)
