@@ -63,9 +63,9 @@ class ModelConfig:
     hidden_size: int = 128
     embedding_dim: int = 48
     dropout: float = 0.0  # between layers and before the decoder
-    tie_weights: bool = (
-        False  # share embedding and decoder weights (needs embedding_dim == hidden_size)
-    )
+    # Share embedding and decoder weights; with embedding_dim != hidden_size the last layer's
+    # output goes through a learned projection to embedding_dim first.
+    tie_weights: bool = False
     forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
@@ -88,11 +88,6 @@ class ModelConfig:
                 problems.append(f"model.{name} must be at least 1 (got {getattr(self, name)})")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"model.dropout must be in [0, 1) (got {self.dropout})")
-        if self.tie_weights and self.embedding_dim != self.hidden_size:
-            problems.append(
-                "model.tie_weights needs model.embedding_dim == model.hidden_size "
-                f"(got {self.embedding_dim} and {self.hidden_size})"
-            )
         if not 0.0 <= self.unigram_bias <= 1.0:
             problems.append(f"model.unigram_bias must be in [0, 1] (got {self.unigram_bias})")
         if not 0.0 <= self.leak < 1.0:

@@ -162,7 +162,7 @@ def measure_model(
         target = windows[-1]
 
         def loss(hiddens: list[Tensor]) -> Tensor:
-            return F.cross_entropy(model.decoder(hiddens[-1]), target, reduction="sum")
+            return F.cross_entropy(model.output(hiddens[-1]), target, reduction="sum")
 
         norms = gradient_norms_by_lag(
             model_step(model), _per_layer(state, layers), list(windows[BURN_IN:-1]), loss, max_lag

@@ -87,7 +87,17 @@ class RNNLanguageModel(nn.Module):
                 _MODULES[config.cell](size, config.hidden_size, **kwargs)
                 for size in (config.embedding_dim, config.hidden_size)
             )
-        self.decoder = nn.Linear(config.hidden_size, vocab_size)
+        # Tying with a hidden size other than the embedding's goes through a projection to the
+        # embedding width (Press & Wolf 2017's tied embeddings with a projection matrix P).
+        self.projection = (
+            nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
+            if config.tie_weights and config.hidden_size != config.embedding_dim
+            else None
+        )
+        self.decoder = nn.Linear(
+            config.embedding_dim if self.projection is not None else config.hidden_size,
+            vocab_size,
+        )
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
         self.reset_parameters()
@@ -99,6 +109,9 @@ class RNNLanguageModel(nn.Module):
             bound = 1.0 / math.sqrt(self.config.hidden_size)
             nn.init.uniform_(self.decoder.weight, -bound, bound)
         nn.init.zeros_(self.decoder.bias)
+        if self.projection is not None:
+            bound = 1.0 / math.sqrt(self.config.hidden_size)
+            nn.init.uniform_(self.projection.weight, -bound, bound)
         hidden = self.config.hidden_size
         for layer in range(self.config.layers):
             w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
@@ -161,10 +174,17 @@ class RNNLanguageModel(nn.Module):
         else:
             output, state = self.rnn(emb, state)  # (seq_len, batch, hidden)
         dropped = locked_dropout(self.dropout(output), c.output_dropout, self.training)
-        logits = self.decoder(dropped)  # (seq_len, batch, vocab_size)
+        logits = self.output(dropped)  # (seq_len, batch, vocab_size)
         if return_hidden:
             return logits, state, output, dropped
         return logits, state
+
+    def output(self, hidden: Tensor) -> Tensor:
+        """The last layer's output (..., hidden) -> logits (..., vocab), through the projection
+        when tied weights need one."""
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return self.decoder(hidden)
 
     def _regularised(self, emb: Tensor, state: State) -> tuple[Tensor, State]:
         """Training forward with DropConnect on the recurrent weights (weight_drop) and locked
@@ -239,7 +259,7 @@ class RNNLanguageModel(nn.Module):
                 h = cell_step(cell, w, x, state[layer], self.config.leak)  # type: ignore[assignment,index]
             new_h.append(h)
             x = h
-        logits = self.decoder(x)
+        logits = self.output(x)
         if cell == "lstm":
             return logits, (torch.stack(new_h), torch.stack(new_c))
         return logits, torch.stack(new_h)
@@ -262,7 +282,12 @@ class LeanStepper:
         self.hidden = hidden
         with torch.no_grad():
             self.embedding = model.embedding.weight.detach().clone()
-            self.decoder_t = model.decoder.weight.detach().t().contiguous()  # (hidden, vocab)
+            decoder_t = model.decoder.weight.detach().t()  # (hidden or embedding, vocab)
+            if (
+                model.projection is not None
+            ):  # one product: (hidden, embedding) @ (embedding, vocab)
+                decoder_t = model.projection.weight.detach().t() @ decoder_t
+            self.decoder_t = decoder_t.contiguous()  # (hidden, vocab)
             self.decoder_b = model.decoder.bias.detach().clone()
             self.w_x: list[Tensor] = []  # GRU: (input, 3h); else [x; h] stacked (input + h, g*h)
             self.w_h: list[Tensor] = []  # GRU only: (hidden, 3h)

@@ -130,10 +130,8 @@ def test_command_line_wins_over_file(tmp_path: Path) -> None:
 
 
 def test_cross_field_validation() -> None:
-    with pytest.raises(
-        ConfigError, match="tie_weights needs model.embedding_dim == model.hidden_size"
-    ):
-        build_config(overrides=["model.tie_weights=true"])
+    with pytest.raises(ConfigError, match=r"model.unigram_bias must be in \[0, 1\]"):
+        build_config(overrides=["model.unigram_bias=1.5"])
     with pytest.raises(ConfigError, match="set train.max_steps or train.epochs"):
         build_config(overrides=["train.max_steps=0"])
     with pytest.raises(ConfigError, match="data.batching=sentence needs data.level=word"):

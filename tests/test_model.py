@@ -78,6 +78,20 @@ def test_tied_weights_are_one_tensor() -> None:
     assert count_parameters(untied) - count_parameters(model) == 30 * 8
 
 
+def test_tying_different_sizes_goes_through_a_projection() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(cell="lstm", layers=2, hidden_size=12, embedding_dim=5, tie_weights=True)
+    model = RNNLanguageModel(config, 30)
+    assert model.decoder.weight is model.embedding.weight
+    assert model.projection is not None and model.projection.weight.shape == (5, 12)
+    logits, _ = model(torch.randint(0, 30, (7, 3)), model.initial_state(3))
+    assert logits.shape == (7, 3, 30)
+    logits.sum().backward()  # the tied matrix learns from both ends, the projection too
+    assert model.projection.weight.grad is not None and model.embedding.weight.grad is not None
+    equal = RNNLanguageModel(ModelConfig(hidden_size=8, embedding_dim=8, tie_weights=True), 30)
+    assert equal.projection is None  # equal sizes need none: the models of before are unchanged
+
+
 def test_unigram_bias_is_the_scaled_smoothed_log_frequency() -> None:
     import numpy as np
 

@@ -344,3 +344,23 @@ def test_activation_penalty_ignores_padding() -> None:
     expected = activation_penalty(real, 2.0, 1.0, real)
     torch.testing.assert_close(activation_penalty(padded, 2.0, 1.0, padded, mask), expected)
     assert activation_penalty(padded, 2.0, 1.0, padded) > 10 * expected  # unmasked, it counts
+
+
+def test_tied_run_with_a_projection_trains_resumes_and_samples(tmp_path: Path) -> None:
+    from charlm.sample import SampleOptions, Sampler
+
+    corpus = write_corpus(tmp_path)
+    tied = ("model.tie_weights=true", "model.cell=lstm", "model.layers=2")  # hidden 16, embedding 8
+    run = tmp_path / "run"
+    train(run, text=corpus, overrides=overrides(*tied, "train.max_steps=10"), show_progress=False)
+    result = train(
+        run, overrides=overrides(*tied, "train.max_steps=20"), resume=True, show_progress=False
+    )
+    assert result.steps == 20
+    loaded = load_checkpoint(run, "latest")
+    model = loaded.build_model()
+    assert model.projection is not None and model.decoder.weight is model.embedding.weight
+    (text,) = Sampler(run, device="cpu").generate(
+        SampleOptions(length=40, seed=1, prime="abc"), lambda i, s: None
+    )
+    assert text.startswith("abc") and len(text) >= 40

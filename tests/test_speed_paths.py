@@ -9,9 +9,11 @@ from charlm.config import ModelConfig
 from charlm.model import LeanStepper, RNNLanguageModel
 
 
-def _model(cell: str, leak: float = 0.0) -> RNNLanguageModel:
+def _model(cell: str, leak: float = 0.0, tie: bool = False) -> RNNLanguageModel:
     torch.manual_seed(0)
-    config = ModelConfig(cell=cell, layers=2, hidden_size=16, embedding_dim=8, leak=leak)
+    config = ModelConfig(
+        cell=cell, layers=2, hidden_size=16, embedding_dim=8, leak=leak, tie_weights=tie
+    )
     model = RNNLanguageModel(config, vocab_size=11).eval()
     with torch.no_grad():  # non-zero biases everywhere, so a misplaced bias cannot hide
         for name, p in model.named_parameters():
@@ -28,10 +30,19 @@ def _random_state(model: RNNLanguageModel, batch: int):
 
 
 @pytest.mark.parametrize(
-    ("cell", "leak"), [("gru", 0.0), ("lstm", 0.0), ("rnn", 0.0), ("rnn", 0.3)]
+    ("cell", "leak", "tie"),
+    [
+        ("gru", 0.0, False),
+        ("lstm", 0.0, False),
+        ("rnn", 0.0, False),
+        ("rnn", 0.3, False),
+        ("lstm", 0.0, True),  # tied with hidden 16 != embedding 8: through the projection
+    ],
 )
-def test_lean_step_matches_the_full_model_over_several_steps(cell: str, leak: float) -> None:
-    model = _model(cell, leak)
+def test_lean_step_matches_the_full_model_over_several_steps(
+    cell: str, leak: float, tie: bool
+) -> None:
+    model = _model(cell, leak, tie)
     lean = LeanStepper(model)
     tokens = torch.randint(0, 11, (6, 3))  # (steps, batch)
     full_state = lean_state = _random_state(model, 3)
