@@ -649,6 +649,10 @@ def _train(
         _restore_rank_rng(tensors, dist, device, t.seed, step)
     ddp = dist.wrap(model)  # averages gradients over processes; `model` stays the plain module
     forward = ddp or model
+    if t.compile:
+        # Window lengths vary (sentences, variable BPTT, the last window): compile for dynamic
+        # shapes at once rather than recompile for each new length.
+        forward = torch.compile(forward, dynamic=True)
     forward = with_precision(forward, t.precision, device)
 
     if dist.is_main:

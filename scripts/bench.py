@@ -135,8 +135,11 @@ def measure_prepare(spec: Spec, data_dir: Path) -> dict[str, float]:
     return {"mb": megabytes, "mb_per_s": megabytes / result["seconds"], **result}
 
 
-def charlm_train(spec: Spec, data_dir: Path, run_dir: Path, threads: int) -> tuple[float, float]:
-    """tokens/s of `charlm.train.train` after its first logging interval, and its peak RSS."""
+def charlm_train(
+    spec: Spec, data_dir: Path, run_dir: Path, threads: int, compile_: bool = False
+) -> tuple[float, float]:
+    """tokens/s of `charlm.train.train` after its first logging interval (which holds the
+    warm-up, and with `compile_` the compilation), and its peak RSS."""
     total = spec.steps + spec.log_every
     overrides = {
         "data.level": spec.level,
@@ -152,6 +155,7 @@ def charlm_train(spec: Spec, data_dir: Path, run_dir: Path, threads: int) -> tup
         "train.eval_batches": 1,
         "train.checkpoint_every": total,
         "train.threads": threads,
+        "train.compile": compile_,
     }
     items = [f"{key}={value}" for key, value in overrides.items()]
     code = (
@@ -288,6 +292,9 @@ def main() -> None:
     parser.add_argument("--prepare-mb", type=int, default=200, help="large text (0 = skip)")
     parser.add_argument("--work", type=Path, help="folder for prepared data and runs (temp)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time charlm with train.compile=true"
+    )
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="charlm-bench-"))
@@ -303,13 +310,16 @@ def main() -> None:
         data_dir = work / f"data-{name}"
         prep = measure_prepare(spec, data_dir)
         vocab = int(load_prepared(data_dir).meta["vocab_size"])
-        charlm_rates, plain_rates, ratios, rss = [], [], [], []
+        charlm_rates, plain_rates, ratios, rss, compiled = [], [], [], [], []
         for r in range(args.rounds):
             plain_rates.append(plain_train(spec, data_dir, args.threads))
             rate, peak = charlm_train(spec, data_dir, work / f"run-{name}-{r}", args.threads)
             charlm_rates.append(rate)
             rss.append(peak)
             ratios.append(rate / plain_rates[-1])
+            if args.compile:
+                run_dir = work / f"run-{name}-{r}-compiled"
+                compiled.append(charlm_train(spec, data_dir, run_dir, args.threads, True)[0])
         samples = [
             sampling(spec, vocab, int(t), max(args.rounds, 2), args.sample_seconds)
             for t in args.sample_threads.split(",")
@@ -326,6 +336,17 @@ def main() -> None:
                     "ratio": statistics.median(ratios),
                     "rounds": {"charlm": charlm_rates, "plain": plain_rates},
                     "charlm_peak_rss_mb": max(rss),
+                    **(
+                        {
+                            "compiled_tokens_per_s": statistics.median(compiled),
+                            "compiled_ratio": statistics.median(
+                                c / e for c, e in zip(compiled, charlm_rates, strict=True)
+                            ),
+                            "rounds_compiled": compiled,
+                        }
+                        if compiled
+                        else {}
+                    ),
                 },
                 "sample": samples,
             }
@@ -379,6 +400,14 @@ def show(results: dict) -> None:
                 f"{t['charlm_peak_rss_mb']:.0f}" if first else "",
             )
     console.print(table)
+    for model in results["models"]:
+        t = model["train"]
+        if "compiled_ratio" in t:
+            console.print(
+                f"{model['spec']['name']}: train.compile=true {t['compiled_tokens_per_s']:,.0f} "
+                f"tok/s, {t['compiled_ratio']:.3f}x charlm eager",
+                highlight=False,
+            )
     if "large_prepare" in results:
         p = results["large_prepare"]
         console.print(
