@@ -105,6 +105,17 @@ def bptt_length(seq_len: int, seed: int, step: int) -> int:
     return max(5, int(rng.normal(base, 5)))
 
 
+def variable_bptt_steps(stream_len: int, seq_len: int, seed: int, epochs: float) -> int:
+    """How many variable-length windows (`bptt_length`) it takes to cover `epochs` epochs of
+    streams `stream_len` long: the steps of a run bounded by train.epochs (about 11 us each)."""
+    step, epoch, position = 0, 0, 0
+    while epoch + position / stream_len < epochs:
+        end = min(position + bptt_length(seq_len, seed, step), stream_len)
+        epoch, position = (epoch + 1, 0) if end >= stream_len else (epoch, end)
+        step += 1
+    return step
+
+
 def _after_validation(
     config: RunConfig,
     val_loss: float,
@@ -603,7 +614,11 @@ def _train(
     global_batch = local_batch * dist.world_size
     steps_per_epoch = max(1, batcher.steps_per_epoch)
     total_steps = t.max_steps or math.inf
-    if t.epochs:
+    if t.epochs and t.variable_bptt:  # windows average ~0.975 x seq_len: count them exactly
+        total_steps = min(
+            total_steps, variable_bptt_steps(batcher.stream_len, t.seq_len, t.seed, t.epochs)
+        )
+    elif t.epochs:
         total_steps = min(total_steps, math.ceil(t.epochs * steps_per_epoch))
     total_steps = int(total_steps)
 
