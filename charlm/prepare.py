@@ -299,16 +299,21 @@ def prepare(
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
 
-    report.line(f"building the {settings.level} tokenizer from {cut:,} characters")
-    train_chunks = (chunk for _, chunk in split_chunks(corpus.pieces(), [0, cut], CHUNK_CHARS))
-    tokenizer = build_tokenizer(
-        settings.level,
-        train_chunks,
-        settings.vocab_size,
-        lowercase=settings.lowercase,
-        segments=settings.segments,
-        word_split=settings.word_split,
-    )
+    with report.bar(f"building the {settings.level} tokenizer", cut) as advance:
+
+        def train_chunks() -> Iterator[str]:
+            for _, chunk in split_chunks(corpus.pieces(), [0, cut], CHUNK_CHARS):
+                yield chunk
+                advance(len(chunk))
+
+        tokenizer = build_tokenizer(
+            settings.level,
+            train_chunks(),
+            settings.vocab_size,
+            lowercase=settings.lowercase,
+            segments=settings.segments,
+            word_split=settings.word_split,
+        )
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)
