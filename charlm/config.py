@@ -172,6 +172,11 @@ class TrainConfig:
     # torch.compile the training forward (the model as evaluated and saved stays eager). Measured
     # on a 2-core CPU: +0.5-2% tokens/s after 3-19 s of compiling (docs/benchmarks.md).
     compile: bool = False
+    # How a non-finite step is skipped. host: the loss and gradient norm are read back every
+    # step (the only choice under torchrun, where processes agree every step). device: decided
+    # and undone on the device, read back only at logging, evaluation and checkpoint steps (for
+    # GPUs; same weights as host; NT-ASGD and the first step use host).
+    step_guard: Literal["host", "device"] = "host"
     grad_accum: int = 1  # micro-batches per optimiser step; global batch: x it x processes
     dist_timeout_s: float = 600.0  # torchrun jobs: end with an error if a rank is silent this long
     ar_alpha: float = 0.0  # activation regularisation of the last layer's output (AWD-LSTM: 2)
@@ -240,6 +245,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.threads",
         "train.precision",
         "train.compile",
+        "train.step_guard",
         # batch_size and grad_accum may change together with the number of processes as long
         # as the global batch stays the same (train.py checks; the stream layout is then equal).
         "train.batch_size",

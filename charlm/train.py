@@ -45,6 +45,7 @@ from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
 from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
+from charlm.stepguard import DeviceStepGuard
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -765,6 +766,40 @@ def _train(
     last_grad_norm = 0.0
     layer_norms: list[float | None] = []  # per recurrent layer, at the last eval step
     stop_signal: int | None = None  # a signal every process has agreed on
+    guard = None
+    if t.step_guard == "device":
+        if dist.is_distributed or config.optim.name == "asgd":
+            display.message(
+                "train.step_guard=device works for one process without NT-ASGD; "
+                "checking every step on the host"
+            )
+        else:
+            guard = DeviceStepGuard(device, config.optim.clip_norm)
+
+    def read_guard() -> None:
+        """Fold what the device guard counted into the host's tallies (one read-back)."""
+        nonlocal interval_steps, interval_clipped, bad_streak, last_grad_norm
+        seen = guard.read()  # type: ignore[union-attr]
+        loss_sum.add_(seen["loss_sum"])
+        interval_steps += seen["good_steps"]
+        interval_clipped += seen["clipped_steps"]
+        counters["clipped_steps"] += seen["clipped_steps"]
+        counters["bad_steps"] += seen["bad_steps"]
+        bad_streak = seen["bad_streak"]
+        if seen["good_steps"]:
+            last_grad_norm = seen["last_grad_norm"]
+        if seen["bad_steps"]:
+            display.message(
+                f"by step {step}: {seen['bad_steps']} non-finite step(s) skipped "
+                f"({seen['longest_streak']} in a row at most)"
+            )
+        if seen["longest_streak"] >= t.max_bad_steps:
+            raise TrainingStopped(
+                f"{seen['longest_streak']} non-finite steps in a row by step {step}; stopped. "
+                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
+                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+            )
+
     model.train()
     try:
         with _SignalFlag() as flag:
@@ -830,39 +865,52 @@ def _train(
                 )  # the norm before clipping
                 if config.optim.clip_value:
                     torch.nn.utils.clip_grad_value_(model.parameters(), config.optim.clip_value)
-                # One read-back per step, agreed by all processes: a non-finite step must never
-                # reach the weights, and a signal to any process stops all at the same step.
-                step_loss, is_finite, stop_signal = _agree(dist, loss, grad_norm, flag.received)
-                if is_finite:
-                    optimizer.step()
+                if guard is not None and guard.ready(optimizer):
+                    # Decided on the device, read back at logging steps (see stepguard.py).
+                    state = guard.step(optimizer, loss, grad_norm, state, new_state)
                     averager.update()
-                    state = detach_state(new_state)
-                    bad_streak = 0
-                    loss_sum += step_loss
-                    interval_steps += 1
-                    last_grad_norm = float(grad_norm)
-                    if config.optim.clip_norm and last_grad_norm > config.optim.clip_norm:
-                        counters["clipped_steps"] += 1
-                        interval_clipped += 1
+                    stop_signal = flag.received
                 else:
-                    counters["bad_steps"] += 1
-                    bad_streak += 1
-                    state = detach_state(state)
-                    display.message(
-                        f"step {step + 1}: non-finite loss or gradient, step skipped "
-                        f"({bad_streak} in a row)"
-                    )
-                    if bad_streak >= t.max_bad_steps:
-                        raise TrainingStopped(
-                            f"{bad_streak} non-finite steps in a row at step {step + 1}; stopped. "
-                            f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                            "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                    # One read-back per step, agreed by all processes: a non-finite step must
+                    # never reach the weights, and a signal to any process stops all together.
+                    step_loss, is_finite, stop_signal = _agree(dist, loss, grad_norm, flag.received)
+                    if is_finite:
+                        optimizer.step()
+                        averager.update()
+                        state = detach_state(new_state)
+                        bad_streak = 0
+                        loss_sum += step_loss
+                        interval_steps += 1
+                        last_grad_norm = float(grad_norm)
+                        if config.optim.clip_norm and last_grad_norm > config.optim.clip_norm:
+                            counters["clipped_steps"] += 1
+                            interval_clipped += 1
+                    else:
+                        counters["bad_steps"] += 1
+                        bad_streak += 1
+                        state = detach_state(state)
+                        display.message(
+                            f"step {step + 1}: non-finite loss or gradient, step skipped "
+                            f"({bad_streak} in a row)"
                         )
+                        if bad_streak >= t.max_bad_steps:
+                            raise TrainingStopped(
+                                f"{bad_streak} non-finite steps in a row at step {step + 1}; stopped. "
+                                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
+                                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                            )
                 throughput.add(step_tokens)
                 cursor = next_cursor
                 step += 1
                 is_last = step >= total_steps
                 is_log_step = step % t.log_every == 0 or is_last
+                if guard is not None and (
+                    is_log_step
+                    or step % t.eval_every == 0
+                    or step % t.checkpoint_every == 0
+                    or stop_signal is not None
+                ):
+                    read_guard()
                 if is_log_step:
                     mean_loss = float(loss_sum) / max(interval_steps, 1)
                     rate = throughput.read()

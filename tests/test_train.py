@@ -139,12 +139,14 @@ def test_retention_keeps_last_k_and_the_best(tmp_path: Path) -> None:
     assert best in names and len(names) <= 3
 
 
+@pytest.mark.parametrize("guard", ["host", "device"])
 def test_non_finite_steps_never_reach_the_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guard: str
 ) -> None:
     corpus = write_corpus(tmp_path)
     run = tmp_path / "run"
-    train(run, text=corpus, overrides=overrides("train.max_steps=10"), show_progress=False)
+    settings = ("train.max_steps=10", f"train.step_guard={guard}")
+    train(run, text=corpus, overrides=overrides(*settings), show_progress=False)
     good = weights(run, 10)
     import charlm.train as train_module
 
@@ -160,7 +162,9 @@ def test_non_finite_steps_never_reach_the_weights(
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
         train(
             run,
-            overrides=overrides("train.max_steps=40", "train.max_bad_steps=3"),
+            overrides=overrides(
+                "train.max_steps=40", "train.max_bad_steps=3", f"train.step_guard={guard}"
+            ),
             resume=True,
             show_progress=False,
         )
@@ -195,6 +199,76 @@ def test_a_few_bad_steps_are_skipped_and_counted(
     assert all(torch.isfinite(t).all() for t in final.values())
     last = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"][-1]
     assert last["bad_steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("cell", "optimiser"),
+    # RMSProp leaves a weight alone on a zeroed gradient but decays its average; AdamW's
+    # momentum and weight decay move the weight itself: both must be undone.
+    [("lstm", "optim.name=rmsprop"), ("gru", "optim.name=adamw")],
+)
+def test_device_step_guard_gives_the_host_guards_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cell: str, optimiser: str
+) -> None:
+    import charlm.train as train_module
+
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def sometimes(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        # Training calls only (validation runs under no_grad): steps 4, 5 and 9 are bad.
+        bad = torch.is_grad_enabled() and calls["n"] in (4, 5, 9)
+        return loss * float("nan") if bad else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", sometimes)
+    from charlm.stepguard import DeviceStepGuard
+
+    guarded = {"steps": 0}
+    real_step = DeviceStepGuard.step
+
+    def counted(self: DeviceStepGuard, *args: object) -> object:
+        guarded["steps"] += 1
+        return real_step(self, *args)
+
+    monkeypatch.setattr(DeviceStepGuard, "step", counted)
+    corpus = write_corpus(tmp_path)
+    for guard in ("host", "device"):
+        calls["n"] = 0
+        train(
+            tmp_path / guard,
+            text=corpus,
+            overrides=overrides(
+                "train.max_steps=12",
+                f"model.cell={cell}",
+                optimiser,
+                "optim.weight_decay=0.1",
+                f"train.step_guard={guard}",
+            ),
+            show_progress=False,
+        )
+    assert guarded["steps"] == 11  # every step of the device run but the first
+    host, device = (weights(tmp_path / g, 12) for g in ("host", "device"))
+    assert all(torch.equal(host[k], device[k]) for k in host)  # bit for bit, bad steps undone
+    host_log, device_log = (
+        [
+            {k: r[k] for k in ("step", "loss", "bad_steps", "grad_norm", "clipped_fraction")}
+            for r in read_metrics(tmp_path / g / "metrics.jsonl")
+            if r["kind"] == "train"
+        ]
+        for g in ("host", "device")
+    )
+    # The interval's mean loss is summed in another precision: equal to float32 rounding.
+    for h, d in zip(host_log, device_log, strict=True):
+        assert d.pop("loss") == pytest.approx(h.pop("loss"), rel=1e-6)
+    assert host_log == device_log and host_log[-1]["bad_steps"] == 3
+    optimizer = [
+        torch.load(tmp_path / g / "checkpoints/step-00000012/optimizer.pt", weights_only=True)
+        for g in ("host", "device")
+    ]
+    for a, b in zip(optimizer[0]["state"].values(), optimizer[1]["state"].values(), strict=True):
+        assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
 
 
 def test_epochs_bound_the_run(tmp_path: Path) -> None:
