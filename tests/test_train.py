@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,27 @@ def overrides(*extra: str) -> list[str]:
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+
+
+def poison_loss(
+    monkeypatch: pytest.MonkeyPatch, is_bad: Callable[[int], bool], value: float = float("nan")
+) -> dict[str, int]:
+    """Make the n-th training loss (validation runs under no_grad and is not counted)
+    non-finite where `is_bad(n)`; returns the counter, to reset between runs."""
+    import charlm.train as train_module
+
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
+        loss = real(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            return loss
+        calls["n"] += 1
+        return loss * value if is_bad(calls["n"]) else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    return calls
 
 
 def test_tiny_model_learns_the_pattern(tmp_path: Path) -> None:
@@ -148,17 +170,7 @@ def test_non_finite_steps_never_reach_the_weights(
     settings = ("train.max_steps=10", f"train.step_guard={guard}")
     train(run, text=corpus, overrides=overrides(*settings), show_progress=False)
     good = weights(run, 10)
-    import charlm.train as train_module
-
-    real = train_module.F.cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] > 2 else loss
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    poison_loss(monkeypatch, lambda n: n > 2)
     with pytest.raises(TrainingStopped, match="3 non-finite steps in a row"):
         train(
             run,
@@ -177,17 +189,7 @@ def test_non_finite_steps_never_reach_the_weights(
 def test_a_few_bad_steps_are_skipped_and_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import charlm.train as train_module
-
-    real = train_module.F.cross_entropy
-    calls = {"n": 0}
-
-    def sometimes(*args: object, **kwargs: object) -> torch.Tensor:
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("inf") if calls["n"] in (3, 4) else loss
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", sometimes)
+    poison_loss(monkeypatch, lambda n: n in (3, 4), float("inf"))
     run = tmp_path / "run"
     train(
         run,
@@ -210,19 +212,7 @@ def test_a_few_bad_steps_are_skipped_and_counted(
 def test_device_step_guard_gives_the_host_guards_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cell: str, optimiser: str
 ) -> None:
-    import charlm.train as train_module
-
-    real = train_module.F.cross_entropy
-    calls = {"n": 0}
-
-    def sometimes(*args: object, **kwargs: object) -> torch.Tensor:
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        # Training calls only (validation runs under no_grad): steps 4, 5 and 9 are bad.
-        bad = torch.is_grad_enabled() and calls["n"] in (4, 5, 9)
-        return loss * float("nan") if bad else loss
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", sometimes)
+    calls = poison_loss(monkeypatch, lambda n: n in (4, 5, 9))  # steps 4, 5 and 9 are bad
     from charlm.stepguard import DeviceStepGuard
 
     guarded = {"steps": 0}
