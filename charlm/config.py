@@ -170,7 +170,8 @@ class TrainConfig:
     # autocast leaves GRU/LSTM in fp32 and gains nothing
     precision: Literal["fp32", "bf16"] = "fp32"
     # torch.compile the training forward (the model as evaluated and saved stays eager). Measured
-    # on a 2-core CPU: +0.5-2% tokens/s after 3-19 s of compiling (docs/benchmarks.md).
+    # on a 2-core CPU: 0.96-0.999x eager after 3-19 s of compiling (docs/benchmarks.md); on a GPU
+    # unmeasured.
     compile: bool = False
     # How a non-finite step is skipped. host: the loss and gradient norm are read back every
     # step (the only choice under torchrun, where processes agree every step). device: decided
