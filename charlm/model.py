@@ -283,9 +283,8 @@ class LeanStepper:
         with torch.no_grad():
             self.embedding = model.embedding.weight.detach().clone()
             decoder_t = model.decoder.weight.detach().t()  # (hidden or embedding, vocab)
-            if (
-                model.projection is not None
-            ):  # one product: (hidden, embedding) @ (embedding, vocab)
+            if model.projection is not None:
+                # Folded into one matrix: (hidden, embedding) @ (embedding, vocab).
                 decoder_t = model.projection.weight.detach().t() @ decoder_t
             self.decoder_t = decoder_t.contiguous()  # (hidden, vocab)
             self.decoder_b = model.decoder.bias.detach().clone()

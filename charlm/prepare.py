@@ -110,21 +110,9 @@ def read_text(path: Path, errors: str = "strict", csv_column: str | None = None)
     return TextSource(Path(path), errors, csv_column).read()
 
 
-def split_point(text: str, val_fraction: float) -> int:
-    """Where the last `val_fraction` of the text begins, moved to the nearest line break.
-
-    Deterministic; a line is never split unless the text has no line break at all.
-    """
-    target = int(len(text) * (1.0 - val_fraction))
-    after = text.find("\n", target)
-    before = text.rfind("\n", 0, target)
-    candidates = [i + 1 for i in (after, before) if 0 <= i < len(text) - 1]
-    return min(candidates, key=lambda i: abs(i - target)) if candidates else target
-
-
 def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
-    """The text cut at `split_point`: (training, validation)."""
-    cut = split_point(text, val_fraction)
+    """The text cut where `prepare` cuts it (`find_split`): (training, validation)."""
+    cut = find_split([text], len(text), val_fraction)
     return text[:cut], text[cut:]
 
 

@@ -30,16 +30,19 @@ class DeviceStepGuard:
 
     def __init__(self, device: torch.device, clip_norm: float) -> None:
         self.clip_norm = clip_norm
+        self._ready = False
         # loss sum, good steps, clipped steps, bad steps, current bad streak, longest streak
         self._counts = torch.zeros(6, dtype=torch.float64, device=device)
         self._last_norm = torch.zeros((), dtype=torch.float64, device=device)
 
-    @staticmethod
-    def ready(optimizer: torch.optim.Optimizer) -> bool:
-        """Whether every parameter has optimiser state (so a step can be undone exactly)."""
-        return all(
-            optimizer.state.get(p) for group in optimizer.param_groups for p in group["params"]
-        )
+    def ready(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether every parameter has optimiser state (so a step can be undone exactly); once
+        true it stays true, so the check costs nothing after the first step."""
+        if not self._ready:
+            self._ready = all(
+                optimizer.state.get(p) for group in optimizer.param_groups for p in group["params"]
+            )
+        return self._ready
 
     def step(
         self,

@@ -259,7 +259,8 @@ class TextSource:
 
 def find_split(pieces: Iterable[str], chars: int, val_fraction: float) -> int:
     """Where the last `val_fraction` of a text of `chars` code points begins, moved to the
-    nearest line break: what `split_point` finds in the whole text, reading only up to it."""
+    nearest line break (deterministic; a line is split only in a text without line breaks).
+    Reads the pieces only up to the first line break at or after the target."""
     target = int(chars * (1.0 - val_fraction))
     before = after = -1
     position = 0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from charlm import prepare as prepare_module
 from charlm import textsource
 from charlm.errors import DataError
-from charlm.prepare import PrepareSettings, load_prepared, prepare, split_point
+from charlm.prepare import PrepareSettings, load_prepared, prepare
 from charlm.textsource import TextSource, find_split, split_chunks
 from charlm.tokenizer import iter_chunks
 
@@ -81,6 +81,15 @@ def test_replace_mode_matches_a_whole_decode(
     path.write_bytes(raw)
     monkeypatch.setattr(textsource, "READ_BYTES", 4)
     assert TextSource(path, errors="replace").read() == raw.decode("utf-8", "replace")
+
+
+def split_point(text: str, val_fraction: float) -> int:
+    """The split rule on the whole text at once: the reference `find_split` must agree with."""
+    target = int(len(text) * (1.0 - val_fraction))
+    after = text.find("\n", target)
+    before = text.rfind("\n", 0, target)
+    candidates = [i + 1 for i in (after, before) if 0 <= i < len(text) - 1]
+    return min(candidates, key=lambda i: abs(i - target)) if candidates else target
 
 
 @settings(max_examples=200, deadline=None)
