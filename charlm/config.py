@@ -58,7 +58,11 @@ _DROPOUTS = (
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: Literal["gru", "lstm", "rnn"] = "gru"  # rnn is a plain tanh RNN, for comparison
+    # rnn: a plain tanh RNN, for comparison; lstm-peephole: gates also read the cell state (Gers
+    # & Schmidhuber 2000); gru-tutorial: the WildML tutorial's Theano GRU exactly (hard sigmoid
+    # gates, reset before the recurrent matrix). The last two have no fused kernel (unrolled,
+    # slower: docs/benchmarks.md). The cells themselves live in cells.py.
+    cell: Literal["gru", "lstm", "rnn", "lstm-peephole", "gru-tutorial"] = "gru"
     layers: int = 2
     hidden_size: int = 128
     embedding_dim: int = 48

@@ -6,7 +6,7 @@ the picture behind vanishing (plain RNN: shrinks geometrically) and exploding gr
 behind the gates (the LSTM cell's additive path and the GRU's interpolation keep it up).
 
 The fused `nn.GRU`/`nn.LSTM` kernels hide the per-step states, so the model is unrolled one step
-at a time with `cell_step` on its own weights (same equations, tested in test_model).
+at a time with its cell's reference step on its own weights (cells.py; tested in test_model).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from charlm.cells import layer_of
 from charlm.errors import DataError, UsageError
-from charlm.model import RNNLanguageModel, cell_step
+from charlm.model import RNNLanguageModel
 
 BURN_IN = 50  # steps run without gradients first, so the states measured are typical ones
 
@@ -71,15 +72,15 @@ def _requiring_grad(state: Any) -> Any:
 
 def model_step(model: RNNLanguageModel) -> StepFn:
     """One time step of every layer of `model`, the state a list with one entry per layer."""
-    cell, leak = model.config.cell, model.config.leak
+    cell, leak = model.cell, model.config.leak
     weights = [model.layer_weights(layer) for layer in range(model.config.layers)]
 
     def step(tokens: Tensor, state: list[Any]) -> tuple[list[Any], list[Tensor]]:
         x = model.embedding(tokens)  # (batch, embedding_dim)
         new_state, hiddens = [], []
         for w, layer_state in zip(weights, state, strict=True):
-            layer_state = cell_step(cell, w, x, layer_state, leak)
-            x = layer_state[0] if cell == "lstm" else layer_state
+            layer_state = cell.step(w, x, layer_state, leak)
+            x = cell.output(layer_state)
             new_state.append(layer_state)
             hiddens.append(x)
         return new_state, hiddens
@@ -88,9 +89,7 @@ def model_step(model: RNNLanguageModel) -> StepFn:
 
 
 def _per_layer(state: Any, layers: int) -> list[Any]:
-    if isinstance(state, tuple):
-        return [(state[0][i], state[1][i]) for i in range(layers)]
-    return [state[i] for i in range(layers)]
+    return [layer_of(state, i) for i in range(layers)]
 
 
 @dataclass(frozen=True)

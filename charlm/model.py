@@ -1,9 +1,8 @@
-"""The network: embedding, stacked GRU/LSTM/tanh-RNN, linear decoder, and its recurrent state."""
+"""The network: embedding, a stack of recurrent cells (cells.py), decoder, and sampling steps."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,52 +10,19 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from charlm.cells import CELLS, LayerWeights, State, layer_of, map_state, run_layers, stack_layers
 from charlm.config import ModelConfig
 from charlm.regularise import embedding_dropout, locked_dropout
 
-# The recurrent state: a tensor (layers, batch, hidden) for GRU/RNN, an (h, c) pair for LSTM.
-State = Tensor | tuple[Tensor, Tensor]
+__all__ = ["LayerWeights", "State", "cell_step"]  # re-exported: they lived here before cells.py
 
-_MODULES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
-GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight rows per hidden unit, as PyTorch stacks them
-
-
-@dataclass(frozen=True)
-class LayerWeights:
-    """One layer's parameters in PyTorch's layout (gate order r,z,n for GRU; i,f,g,o for LSTM)."""
-
-    w_ih: Tensor  # (gates * hidden, input)
-    w_hh: Tensor  # (gates * hidden, hidden)
-    b_ih: Tensor  # (gates * hidden,)
-    b_hh: Tensor  # (gates * hidden,)
+GATES = {name: cell.gates for name, cell in CELLS.items()}  # weight rows per hidden unit
 
 
 def cell_step(cell: str, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
-    """Advance one layer by one time step: x (batch, input) and state -> new state.
-
-    The same equations as `nn.GRU`/`nn.LSTM`/`nn.RNN`, written out so that a step can be taken
-    without the fused kernel (sampling, leaky units, gradient-through-time measurements).
-    """
-    if cell == "lstm":
-        h, c = state  # type: ignore[misc]
-        gates = torch.addmm(w.b_ih, x, w.w_ih.t()) + torch.addmm(w.b_hh, h, w.w_hh.t())
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-    h = state  # type: ignore[assignment]
-    gx = torch.addmm(w.b_ih, x, w.w_ih.t())
-    gh = torch.addmm(w.b_hh, h, w.w_hh.t())
-    if cell == "gru":
-        xr, xz, xn = gx.chunk(3, dim=1)
-        hr, hz, hn = gh.chunk(3, dim=1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h
-    new = torch.tanh(gx + gh)
-    if leak:
-        new = leak * h + (1 - leak) * new
-    return new
+    """Advance one layer of `cell` by one time step: x (batch, input) and state -> new state
+    (the cell's reference step, cells.py)."""
+    return CELLS[cell].step(w, x, state, leak)
 
 
 class RNNLanguageModel(nn.Module):
@@ -70,13 +36,12 @@ class RNNLanguageModel(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim)
-        kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
-        self.rnn = _MODULES[config.cell](
+        self.cell = CELLS[config.cell]
+        self.rnn = self.cell.module(
             config.embedding_dim,
             config.hidden_size,
-            num_layers=config.layers,
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            **kwargs,
+            config.layers,
+            config.dropout if config.layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(config.dropout)
         # Weightless one-layer twins of self.rnn (on the meta device, outside the module tree):
@@ -84,7 +49,7 @@ class RNNLanguageModel(nn.Module):
         # still uses the fused kernel. Index 0 takes the embedding, index 1 a layer's output.
         with torch.device("meta"):
             self._layer_shells = tuple(
-                _MODULES[config.cell](size, config.hidden_size, **kwargs)
+                self.cell.module(size, config.hidden_size, 1, 0.0)
                 for size in (config.embedding_dim, config.hidden_size)
             )
         # Tying with a hidden size other than the embedding's goes through a projection to the
@@ -112,24 +77,7 @@ class RNNLanguageModel(nn.Module):
         if self.projection is not None:
             bound = 1.0 / math.sqrt(self.config.hidden_size)
             nn.init.uniform_(self.projection.weight, -bound, bound)
-        hidden = self.config.hidden_size
-        for layer in range(self.config.layers):
-            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
-            if self.config.recurrent_init == "orthogonal":
-                for block in w_hh.data.split(hidden, dim=0):
-                    nn.init.orthogonal_(block)
-            elif self.config.recurrent_init == "identity":
-                # IRNN (Le et al. 2015): identity recurrence, zero recurrent bias.
-                for block in w_hh.data.split(hidden, dim=0):
-                    block.copy_(torch.eye(hidden))
-                for name in (f"bias_hh_l{layer}", f"bias_ih_l{layer}"):
-                    nn.init.zeros_(getattr(self.rnn, name))
-            if self.config.cell == "lstm":
-                # One forget bias in total: PyTorch adds b_ih and b_hh, so set one, zero the other.
-                b_ih = getattr(self.rnn, f"bias_ih_l{layer}").data
-                b_hh = getattr(self.rnn, f"bias_hh_l{layer}").data
-                b_ih[hidden : 2 * hidden] = self.config.forget_bias
-                b_hh[hidden : 2 * hidden] = 0.0
+        self.cell.initialise(self.rnn, self.config)
 
     def init_output_bias(self, train_ids: np.ndarray, scale: float = 1.0) -> None:
         """Set the decoder bias to `scale` times the add-one smoothed log unigram frequencies of
@@ -145,19 +93,13 @@ class RNNLanguageModel(nn.Module):
             self.decoder.bias.copy_(bias.to(self.decoder.bias))
 
     def layer_weights(self, layer: int) -> LayerWeights:
-        return LayerWeights(
-            getattr(self.rnn, f"weight_ih_l{layer}"),
-            getattr(self.rnn, f"weight_hh_l{layer}"),
-            getattr(self.rnn, f"bias_ih_l{layer}"),
-            getattr(self.rnn, f"bias_hh_l{layer}"),
-        )
+        return self.cell.layer_weights(self.rnn, layer)
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros in the shape this cell carries; the training loop never branches on the cell."""
         shape = (self.config.layers, batch_size, self.config.hidden_size)
         device = device if device is not None else self.embedding.weight.device
-        h = torch.zeros(shape, device=device)
-        return (h, torch.zeros(shape, device=device)) if self.config.cell == "lstm" else h
+        return self.cell.zeros(shape, device)
 
     def forward(
         self, tokens: Tensor, state: State, return_hidden: bool = False
@@ -204,42 +146,21 @@ class RNNLanguageModel(nn.Module):
             return functional_call(self.rnn, swapped, (emb, state))
         x, finals = emb, []
         for k in range(c.layers):
-            w = self.layer_weights(k)
-            weights = {
-                "weight_ih_l0": w.w_ih,
-                "weight_hh_l0": dropped_hh[k],
-                "bias_ih_l0": w.b_ih,
-                "bias_hh_l0": w.b_hh,
-            }
-            if isinstance(state, tuple):
-                layer_state: State = (state[0][k : k + 1], state[1][k : k + 1])
-            else:
-                layer_state = state[k : k + 1]
-            x, final = functional_call(self._layer_shells[min(k, 1)], weights, (x, layer_state))
+            weights = {**self.layer_weights(k).named(0), "weight_hh_l0": dropped_hh[k]}
+            shell = self._layer_shells[min(k, 1)]
+            layer_state = map_state(lambda s, k=k: s[k : k + 1], state)
+            x, final = functional_call(shell, weights, (x, layer_state))
             finals.append(final)
             if k < c.layers - 1:
                 x = locked_dropout(self.dropout(x), c.hidden_dropout, True)
-        if isinstance(state, tuple):
-            return x, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
-        return x, torch.cat(finals)
+        return x, map_state(lambda *parts: torch.cat(parts), *finals)
 
     def _unrolled(self, emb: Tensor, state: State) -> tuple[Tensor, State]:
-        """A step-by-step forward for cells no fused kernel implements (leaky units)."""
-        layers = []
-        inputs = emb
+        """A step-by-step forward through the fused module's weights, for what the kernel does
+        not compute (leaky units)."""
+        weights = [self.layer_weights(k) for k in range(self.config.layers)]
         drop = self.config.dropout if self.training else 0.0
-        for layer in range(self.config.layers):
-            w = self.layer_weights(layer)
-            h = state[layer]  # type: ignore[index]
-            outputs = []
-            for x in inputs:
-                h = cell_step(self.config.cell, w, x, h, self.config.leak)
-                outputs.append(h)
-            layers.append(h)
-            inputs = torch.stack(outputs)
-            if layer < self.config.layers - 1 and drop:
-                inputs = nn.functional.dropout(inputs, drop, training=True)
-        return inputs, torch.stack(layers)
+        return run_layers(self.cell, weights, emb, state, drop, self.config.leak)
 
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """One token per sequence: token (batch,) -> logits (batch, vocab), new state.
@@ -248,21 +169,12 @@ class RNNLanguageModel(nn.Module):
         calling `nn.GRU` on one step on a CPU), same weights and same outputs (tested).
         """
         x = self.embedding(token)  # (batch, embedding_dim)
-        cell = self.config.cell
-        new_h, new_c = [], []
+        new = []
         for layer in range(self.config.layers):
             w = self.layer_weights(layer)
-            if cell == "lstm":
-                h, c = cell_step(cell, w, x, (state[0][layer], state[1][layer]))  # type: ignore[misc]
-                new_c.append(c)
-            else:
-                h = cell_step(cell, w, x, state[layer], self.config.leak)  # type: ignore[assignment,index]
-            new_h.append(h)
-            x = h
-        logits = self.output(x)
-        if cell == "lstm":
-            return logits, (torch.stack(new_h), torch.stack(new_c))
-        return logits, torch.stack(new_h)
+            new.append(self.cell.step(w, x, layer_of(state, layer), self.config.leak))
+            x = self.cell.output(new[-1])
+        return self.output(x), stack_layers(new)
 
 
 class LeanStepper:
@@ -276,10 +188,7 @@ class LeanStepper:
     """
 
     def __init__(self, model: RNNLanguageModel) -> None:
-        config = model.config
-        self.cell, self.layers, self.leak = config.cell, config.layers, config.leak
-        hidden = config.hidden_size
-        self.hidden = hidden
+        self.cell, self.layers, self.leak = model.cell, model.config.layers, model.config.leak
         with torch.no_grad():
             self.embedding = model.embedding.weight.detach().clone()
             decoder_t = model.decoder.weight.detach().t()  # (hidden or embedding, vocab)
@@ -288,69 +197,25 @@ class LeanStepper:
                 decoder_t = model.projection.weight.detach().t() @ decoder_t
             self.decoder_t = decoder_t.contiguous()  # (hidden, vocab)
             self.decoder_b = model.decoder.bias.detach().clone()
-            self.w_x: list[Tensor] = []  # GRU: (input, 3h); else [x; h] stacked (input + h, g*h)
-            self.w_h: list[Tensor] = []  # GRU only: (hidden, 3h)
-            self.b_x: list[Tensor] = []
-            self.b_h: list[Tensor] = []  # GRU only: zero but for b_hn, which r multiplies
-            for layer in range(self.layers):
-                w = model.layer_weights(layer)
-                if self.cell == "gru":
-                    # r and z see b_ih + b_hh; n sees b_in outside and b_hn inside r * (...).
-                    b_x = w.b_ih.detach().clone()
-                    b_x[: 2 * hidden] += w.b_hh[: 2 * hidden]
-                    b_h = torch.zeros_like(b_x)
-                    b_h[2 * hidden :] = w.b_hh[2 * hidden :]
-                    self.w_x.append(w.w_ih.detach().t().contiguous())
-                    self.w_h.append(w.w_hh.detach().t().contiguous())
-                    self.b_x.append(b_x)
-                    self.b_h.append(b_h)
-                else:
-                    # One product for input and state: [x, h] @ [W_ih^T; W_hh^T].
-                    self.w_x.append(torch.cat([w.w_ih, w.w_hh], dim=1).detach().t().contiguous())
-                    self.b_x.append((w.b_ih + w.b_hh).detach())
+            self.layouts = [
+                self.cell.lean_layout(model.layer_weights(layer)) for layer in range(self.layers)
+            ]
 
     @torch.no_grad()
     def __call__(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """token (batch,) and a state as the model carries it -> logits (batch, vocab), state."""
         x = self.embedding[token]  # (batch, embedding_dim)
-        hidden, new_h, new_c = self.hidden, [], []
-        for layer in range(self.layers):
-            if self.cell == "lstm":
-                h, c = state[0][layer], state[1][layer]  # type: ignore[index]
-                gates = torch.addmm(self.b_x[layer], torch.cat([x, h], dim=1), self.w_x[layer])
-                gates[:, : 2 * hidden].sigmoid_()  # i, f
-                gates[:, 2 * hidden : 3 * hidden].tanh_()  # g
-                gates[:, 3 * hidden :].sigmoid_()  # o
-                i, f, g, o = gates.chunk(4, dim=1)
-                c = f.mul_(c).addcmul_(i, g)
-                x = o.mul_(torch.tanh(c))
-                new_c.append(c)
-            elif self.cell == "gru":
-                h = state[layer]  # type: ignore[index]
-                gx = torch.addmm(self.b_x[layer], x, self.w_x[layer])  # (batch, 3 * hidden)
-                gh = torch.addmm(self.b_h[layer], h, self.w_h[layer])
-                rz = gx[:, : 2 * hidden].add_(gh[:, : 2 * hidden]).sigmoid_()
-                r, z = rz.chunk(2, dim=1)
-                n = gh[:, 2 * hidden :].mul_(r).add_(gx[:, 2 * hidden :]).tanh_()
-                x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-            else:
-                h = state[layer]  # type: ignore[index]
-                new = torch.addmm(self.b_x[layer], torch.cat([x, h], dim=1), self.w_x[layer])
-                x = new.tanh_()
-                if self.leak:
-                    x = torch.lerp(x, h, self.leak)  # leak * h + (1 - leak) * new
-            new_h.append(x)
+        new = []
+        for layer, layout in enumerate(self.layouts):
+            new.append(self.cell.lean_step(layout, x, layer_of(state, layer), self.leak))
+            x = self.cell.output(new[-1])
         logits = torch.addmm(self.decoder_b, x, self.decoder_t)  # (batch, vocab)
-        if self.cell == "lstm":
-            return logits, (torch.stack(new_h), torch.stack(new_c))
-        return logits, torch.stack(new_h)
+        return logits, stack_layers(new)
 
 
 def detach_state(state: State) -> State:
     """Cut the graph at the window edge; the values still carry over (truncated BPTT)."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)  # type: ignore[return-value]
-    return state.detach()
+    return map_state(Tensor.detach, state)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from charlm.model import State
+from charlm.cells import State, map_state
 
 
 def _choose(ok: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -81,11 +81,7 @@ class DeviceStepGuard:
             counts[4] = (counts[4] + 1.0) * (1.0 - good)
             counts[5] = torch.maximum(counts[5], counts[4])
             self._last_norm = torch.where(ok, norm, self._last_norm)
-        if isinstance(new_state, tuple):
-            return tuple(
-                _choose(ok, n, o).detach() for n, o in zip(new_state, old_state, strict=True)
-            )
-        return _choose(ok, new_state, old_state).detach()  # type: ignore[arg-type]
+        return map_state(lambda n, o: _choose(ok, n, o).detach(), new_state, old_state)
 
     def read(self) -> dict[str, float]:
         """What happened since the last read (one transfer), then start a new interval; the

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
+from charlm.cells import State, map_state
 from charlm.checkpoint import (
     CHECKPOINTS,
     LoadedCheckpoint,
@@ -42,7 +44,7 @@ from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageErro
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.gradients import layer_grad_norms
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
-from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
+from charlm.model import RNNLanguageModel, count_parameters, detach_state
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
 from charlm.stepguard import DeviceStepGuard
@@ -409,25 +411,18 @@ def _step_tokens(
 def _slice_state(state: State, columns: slice) -> State:
     if columns == slice(None):
         return state
-    if isinstance(state, tuple):
-        return tuple(s[:, columns].contiguous() for s in state)  # type: ignore[return-value]
-    return state[:, columns].contiguous()
+    return map_state(lambda s: s[:, columns].contiguous(), state)
 
 
 def _join_states(states: list[State]) -> State:
     if len(states) == 1:
         return states[0]
-    if isinstance(states[0], tuple):
-        pairs = zip(*states, strict=True)
-        return tuple(torch.cat(parts, dim=1) for parts in pairs)  # type: ignore[return-value]
-    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+    return map_state(lambda *parts: torch.cat(parts, dim=1), *states)
 
 
 def _gather_state(dist: DistContext, state: State) -> State:
     """The carried state of every stream of the job, in global stream order (for checkpoints)."""
-    if isinstance(state, tuple):
-        return tuple(dist.gather_columns(s) for s in state)  # type: ignore[return-value]
-    return dist.gather_columns(state)
+    return map_state(dist.gather_columns, state)
 
 
 def _shard_state(
@@ -460,10 +455,7 @@ def with_precision(
     def run(*args: Any, **kwargs: Any) -> tuple:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits, state, *hidden = forward(*args, **kwargs)
-        if isinstance(state, tuple):
-            state = tuple(s.float() for s in state)
-        else:
-            state = state.float()
+        state = map_state(Tensor.float, state)
         return (logits.float(), state, *(h.float() for h in hidden))
 
     return run

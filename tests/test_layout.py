@@ -29,10 +29,38 @@ def test_every_module_says_what_it_owns_in_one_line() -> None:
 def test_imports_point_down() -> None:
     imports = {p.stem: charlm_imports(p) for p in PACKAGE.glob("*.py")}
     assert imports["config"] <= {"charlm.errors"}  # settings know nothing of the rest
-    # The network sees a config, never a path; its regularisers are torch-only helpers.
-    assert imports["model"] <= {"charlm.config", "charlm.regularise"}
+    # The network sees a config and its cells, never a path; its regularisers are torch-only.
+    assert imports["model"] <= {"charlm.config", "charlm.regularise", "charlm.cells"}
+    assert imports["cells"] <= {"charlm.config"}
     assert imports["regularise"] == set()
     assert imports["errors"] == set()
     for name, used in imports.items():
         if name not in ("cli", "__main__"):
             assert "charlm.cli" not in used, f"{name} imports the CLI; nothing may"
+
+
+# The floors, lowest first: a module imports only from floors below its own. A new module goes
+# on the lowest floor its imports allow (docs/architecture.md draws this).
+FLOORS = [
+    {"__init__", "errors", "regularise", "metrics", "runfiles"},
+    {"config", "batching", "device", "distributed", "corpora", "textsource", "tokenizer", "synth"},
+    {"cells", "prepare", "schedules"},
+    {"model"},
+    {"checkpoint", "train_step", "stepguard"},
+    {"evaluate", "sample", "gradients", "runinfo", "resume"},
+    {"plots", "train"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def test_every_module_stands_on_a_floor_and_imports_only_from_below() -> None:
+    floor_of = {name: level for level, names in enumerate(FLOORS) for name in names}
+    for path in sorted(PACKAGE.glob("*.py")):
+        assert path.stem in floor_of, f"{path.name} is on no floor of FLOORS"
+        for module in charlm_imports(path):
+            name = module.removeprefix("charlm.") if module != "charlm" else "__init__"
+            assert floor_of[name] < floor_of[path.stem], (
+                f"{path.stem} (floor {floor_of[path.stem]}) imports {name} "
+                f"(floor {floor_of[name]}): imports must point down"
+            )
