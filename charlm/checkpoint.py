@@ -25,12 +25,13 @@ checkpoint loadable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,26 @@ from charlm import __version__
 from charlm.config import RunConfig, build_config, config_to_yaml, read_yaml
 from charlm.errors import CheckpointError, ConfigError
 from charlm.model import RNNLanguageModel
+from charlm.runfiles import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG,
+    LATEST,
+    META,
+    MODEL,
+    OPTIMIZER,
+    RAW_MODEL,
+    STATE,
+    TOKENIZER,
+    TRAIN_STATE,
+)
+
+__all__ = ["CHECKPOINTS"]  # re-exported: callers imported it from here before runfiles.py
 
 FORMAT_NAME = "charlm-checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_FILES = ("model.safetensors", "state.json", "config.yaml", "tokenizer.json", "meta.json")
+_FILES = (MODEL, STATE, CONFIG, TOKENIZER, META)
 
 
 def fsync_dir(path: Path) -> None:
@@ -75,12 +90,102 @@ def _fsync_file(path: Path) -> None:
 
 
 @dataclass
+class RunState:
+    """Where a run stands, besides weights, optimiser and tensors: `state.json` of a checkpoint.
+
+    `from_json` is the one reader of state.json files, including those of older versions (a key
+    they lack takes its default here); `to_json` writes the same keys as every format-1 file.
+    """
+
+    step: int
+    epoch: int = 0  # the data cursor
+    position: int = 0
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    bad_steps: int = 0
+    clipped_steps: int = 0
+    evals_since_best: int = 0
+    val_history: list[float] = field(default_factory=list)  # every validation loss (NT-ASGD)
+    plateau_scale: float = 1.0  # schedule=plateau: the factor past plateaus left
+    plateau_bad_evals: int = 0
+    averaged_steps: int = 0  # NT-ASGD: steps in the running mean
+    rng: dict[str, Any] = field(default_factory=dict)  # Python's and NumPy's generators
+    world_size: int = 1
+    global_batch: int | None = None
+    data_dir: str = ""
+    parameters: int | None = None
+    # Written by save_checkpoint, read by `charlm info`.
+    version: int = FORMAT_VERSION
+    charlm_version: str | None = None
+    torch_version: str | None = None
+    saved_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": self.version,
+            "charlm_version": self.charlm_version,
+            "torch_version": self.torch_version,
+            "saved_at": self.saved_at,
+            "step": self.step,
+            "cursor": {"epoch": self.epoch, "position": self.position},
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "counters": {
+                "bad_steps": self.bad_steps,
+                "clipped_steps": self.clipped_steps,
+                "evals_since_best": self.evals_since_best,
+            },
+            "val_history": self.val_history,
+            "plateau": {"scale": self.plateau_scale, "bad_evals": self.plateau_bad_evals},
+            "averaged_steps": self.averaged_steps,
+            "rng": self.rng,
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
+            "data_dir": self.data_dir,
+            "parameters": self.parameters,
+        }
+
+    @classmethod
+    def from_json(cls, info: dict[str, Any]) -> RunState:
+        cursor = info.get("cursor") or {}
+        counters = info.get("counters") or {}
+        plateau = info.get("plateau") or {}
+        return cls(
+            step=int(info["step"]),
+            epoch=int(cursor.get("epoch", 0)),
+            position=int(cursor.get("position", 0)),
+            best_val_loss=info.get("best_val_loss"),
+            last_val_loss=info.get("last_val_loss"),
+            bad_steps=int(counters.get("bad_steps", 0)),
+            clipped_steps=int(counters.get("clipped_steps", 0)),
+            evals_since_best=int(counters.get("evals_since_best", 0)),
+            val_history=list(info.get("val_history", [])),
+            plateau_scale=float(plateau.get("scale", 1.0)),
+            plateau_bad_evals=int(plateau.get("bad_evals", 0)),
+            averaged_steps=int(info.get("averaged_steps", 0)),
+            rng=info.get("rng") or {},
+            world_size=int(info.get("world_size", 1)),
+            global_batch=info.get("global_batch"),
+            data_dir=str(info.get("data_dir", "")),
+            parameters=info.get("parameters"),
+            version=int(info.get("version", FORMAT_VERSION)),
+            charlm_version=info.get("charlm_version"),
+            torch_version=info.get("torch_version"),
+            saved_at=info.get("saved_at"),
+        )
+
+
+@dataclass
 class TrainingState:
     """Everything besides weights and optimizer that an exact resume needs."""
 
-    step: int
-    info: dict[str, Any]  # JSON-able: cursor, RNG of Python/NumPy, scores, counters
-    tensors: dict[str, torch.Tensor]  # hidden state, torch RNG states
+    state: RunState
+    tensors: dict[str, torch.Tensor]  # hidden state, torch RNG states (resume.py names them)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
 
 def save_checkpoint(
@@ -108,30 +213,28 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT_NAME})
+    save_model(model, str(tmp / MODEL), metadata={"format": FORMAT_NAME})
     if raw_weights is not None:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in raw_weights.items()},
-            str(tmp / "raw_model.safetensors"),
+            str(tmp / RAW_MODEL),
         )
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()},
-        str(tmp / "train_state.safetensors"),
+        str(tmp / TRAIN_STATE),
     )
-    info = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "charlm_version": __version__,
-        "torch_version": torch.__version__,
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "step": state.step,
-        **state.info,
-    }
-    (tmp / "state.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    (tmp / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    info = dataclasses.replace(
+        state.state,
+        version=FORMAT_VERSION,
+        charlm_version=__version__,
+        torch_version=torch.__version__,
+        saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    ).to_json()
+    (tmp / STATE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    (tmp / CONFIG).write_text(config_to_yaml(config), encoding="utf-8")
+    (tmp / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
+    (tmp / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     for file in tmp.iterdir():
         _fsync_file(file)
     fsync_dir(tmp)
@@ -143,10 +246,10 @@ def save_checkpoint(
     else:
         os.replace(tmp, final)
     fsync_dir(root)
-    atomic_write_text(root / "latest.json", json.dumps({"name": name, "step": state.step}))
+    atomic_write_text(root / LATEST, json.dumps({"name": name, "step": state.step}))
     if is_best:
         best = {"name": name, "step": state.step, "val_loss": info.get("best_val_loss")}
-        atomic_write_text(root / "best.json", json.dumps(best))
+        atomic_write_text(root / BEST, json.dumps(best))
     _prune(root, keep)
     return final
 
@@ -180,7 +283,7 @@ def _prune(root: Path, keep: int) -> None:
 
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
-    return (path / CHECKPOINTS).is_dir() or (path / "config.yaml").is_file()
+    return (path / CHECKPOINTS).is_dir() or (path / CONFIG).is_file()
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -195,7 +298,7 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or checkpoint")
-    if (path / "state.json").is_file():
+    if (path / STATE).is_file():
         return path
     if path.is_file():
         raise CheckpointError(
@@ -211,7 +314,7 @@ def resolve_checkpoint(path: Path, which: str = "best") -> Path:
     order = [which, "latest"] if which == "best" else [which]
     for pointer in order:
         name = _read_pointer(root, pointer)
-        if name and (root / name / "state.json").is_file():
+        if name and (root / name / STATE).is_file():
             return root / name
     steps = step_dirs(root)
     if not steps:
@@ -233,25 +336,29 @@ class LoadedCheckpoint:
     def step(self) -> int:
         return int(self.info["step"])
 
+    @property
+    def state(self) -> RunState:
+        return RunState.from_json(self.info)
+
     def build_model(self, device: torch.device | str = "cpu") -> RNNLanguageModel:
         model = RNNLanguageModel(self.config.model, int(self.meta["vocab_size"]))
         try:
             missing, unexpected = load_model(
-                model, str(self.path / "model.safetensors"), strict=False, device=str(device)
+                model, str(self.path / MODEL), strict=False, device=str(device)
             )
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
-                f"{self.path / 'model.safetensors'}: damaged or incompatible weights ({_short(exc)})"
+                f"{self.path / MODEL}: damaged or incompatible weights ({_short(exc)})"
             ) from None
         if missing or unexpected:
             raise CheckpointError(
-                f"{self.path / 'model.safetensors'}: weights do not match the config "
+                f"{self.path / MODEL}: weights do not match the config "
                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
             )
         return model.to(device)
 
     def optimizer_state(self) -> dict[str, Any]:
-        path = self.path / "optimizer.pt"
+        path = self.path / OPTIMIZER
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -267,7 +374,7 @@ class LoadedCheckpoint:
 
     def raw_weights(self) -> dict[str, torch.Tensor] | None:
         """The optimiser's raw weights when the checkpoint was saved mid-averaging, else None."""
-        path = self.path / "raw_model.safetensors"
+        path = self.path / RAW_MODEL
         if not path.is_file():
             return None
         try:
@@ -276,7 +383,7 @@ class LoadedCheckpoint:
             raise CheckpointError(f"{path}: damaged raw weights ({_short(exc)})") from None
 
     def train_tensors(self) -> dict[str, torch.Tensor]:
-        path = self.path / "train_state.safetensors"
+        path = self.path / TRAIN_STATE
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
@@ -302,8 +409,8 @@ def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: incomplete checkpoint ({name} is missing)")
     try:
-        info = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        info = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{folder}: damaged state.json or meta.json ({_short(exc)})"
@@ -319,10 +426,10 @@ def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
             f"({FORMAT_VERSION}); upgrade charlm"
         )
     try:
-        config = build_config(base=read_yaml(folder / "config.yaml"))
+        config = build_config(base=read_yaml(folder / CONFIG))
     except ConfigError as exc:
-        raise CheckpointError(f"{folder / 'config.yaml'}: {exc}") from None
-    tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
+    tokenizer_json = (folder / TOKENIZER).read_text(encoding="utf-8")
     _check_tokenizer(folder, tokenizer_json, meta)
     return LoadedCheckpoint(folder, info, config, meta, tokenizer_json)
 
@@ -334,11 +441,9 @@ def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) ->
     try:
         size = Tokenizer.from_str(tokenizer_json).get_vocab_size()
     except Exception as exc:  # tokenizers raises its own Exception type for bad JSON
-        raise CheckpointError(
-            f"{folder / 'tokenizer.json'}: damaged tokenizer ({_short(exc)})"
-        ) from None
+        raise CheckpointError(f"{folder / TOKENIZER}: damaged tokenizer ({_short(exc)})") from None
     if size != meta.get("vocab_size"):
         raise CheckpointError(
-            f"{folder / 'tokenizer.json'}: has {size} entries but the model was trained on "
+            f"{folder / TOKENIZER}: has {size} entries but the model was trained on "
             f"{meta.get('vocab_size')}; restore the checkpoint's own tokenizer.json"
         )

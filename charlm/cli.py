@@ -159,23 +159,37 @@ def prepare(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for train.bin, val.bin, meta.json.")
     ],
-    level: Annotated[str, typer.Option(help="char, word or bpe.")] = "char",
+    level: Annotated[str | None, typer.Option(help="char, word or bpe [default: char].")] = None,
     vocab_size: Annotated[
-        int, typer.Option(help="word/bpe: entries kept, counting specials; word: 0 keeps all.")
-    ] = 8000,
-    val_fraction: Annotated[float, typer.Option(help="Last fraction held out.")] = 0.05,
+        int | None,
+        typer.Option(
+            help="word/bpe: entries kept, counting specials; word: 0 keeps all [default: 8000]."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Last fraction held out [default: 0.05].")
+    ] = None,
     val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
-    csv_column: Annotated[str | None, typer.Option(help="CSV column with the text.")] = None,
+    csv_column: Annotated[
+        str | None, typer.Option(help="CSV column with the text (a .csv input needs it).")
+    ] = None,
     errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
     lowercase: Annotated[
-        bool, typer.Option("--lowercase/--keep-case", help="word: lower-case the text.")
-    ] = True,
+        bool | None,
+        typer.Option("--lowercase/--keep-case", help="word: lower-case the text [default: lower]."),
+    ] = None,
     segments: Annotated[
-        str, typer.Option(help="word: sentences (START ... END) or lines (each + <eos>).")
-    ] = "sentences",
+        str | None,
+        typer.Option(
+            help="word: sentences (START ... END) or lines (each + <eos>) [default: sentences]."
+        ),
+    ] = None,
     word_split: Annotated[
-        str, typer.Option(help="word: rules (punctuation, clitics) or whitespace (str.split).")
-    ] = "rules",
+        str | None,
+        typer.Option(
+            help="word: rules (punctuation, clitics) or whitespace (str.split) [default: rules]."
+        ),
+    ] = None,
 ) -> None:
     """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
 
@@ -193,27 +207,20 @@ def prepare(
 
     if errors not in ("strict", "replace"):
         raise UsageError(f"--errors must be strict or replace (got '{errors}')")
-    build_config(
-        overrides=[
-            f"data.level={level}",
-            f"data.vocab_size={vocab_size}",
-            f"data.val_fraction={val_fraction}",
-            f"data.lowercase={lowercase}",
-            f"data.segments={segments}",
-            f"data.word_split={word_split}",
-        ]
-    )  # same checks as settings
-    settings = PrepareSettings(
-        level=level,
-        vocab_size=vocab_size,
-        val_fraction=val_fraction,
-        val_file=val_file,
-        csv_column=csv_column,
-        errors=errors,
-        lowercase=lowercase,
-        segments=segments,
-        word_split=word_split,
+    given = {
+        "level": level,
+        "vocab_size": vocab_size,
+        "val_fraction": val_fraction,
+        "csv_column": csv_column,
+        "lowercase": lowercase,
+        "segments": segments,
+        "word_split": word_split,
+    }
+    # Only the options given: every default comes from DataConfig, as for `charlm train`.
+    config = build_config(
+        overrides=[f"data.{key}={value}" for key, value in given.items() if value is not None]
     )
+    settings = PrepareSettings.from_config(config.data, val_file=val_file, errors=errors)
     meta = run_prepare(text, out, settings)
     say(
         f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "

@@ -21,7 +21,10 @@ class DataConfig:
     vocab_size: int = 8000  # word/bpe: entries kept, counting the special tokens; char ignores it
     # (word: 0 keeps every word of the training text)
     val_fraction: float = 0.05  # last fraction of the text held out for validation
-    csv_column: str = "body"  # column holding the text when the input is a CSV
+    # The column holding the text of a .csv input. One rule for `charlm train` and `charlm
+    # prepare`: a CSV needs its column named (e.g. body for the Reddit comments); other inputs
+    # ignore it. (Until this release train read `body` unasked while prepare refused.)
+    csv_column: str | None = None
     batching: Literal["stream", "sentence"] = "stream"  # sentence: the tutorial's padded sentences
     # Word level; the defaults are the WildML tutorial's, false/lines/whitespace pytorch/examples'
     # word_language_model (WikiText-2 perplexities comparable with published ones).
@@ -269,7 +272,6 @@ RESUME_SAFE_KEYS = frozenset(
     }
 )
 
-_SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
 _SECTION_CLASSES = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -342,10 +344,6 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: unsupported setting type {annotation}")
 
 
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: list[str]) -> None:
     """Lay the mapping `raw` over `base`, recording unknown keys and bad values in `problems`."""
     if raw is None:
@@ -356,7 +354,7 @@ def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: lis
     for section, values in raw.items():
         if section not in _SECTION_CLASSES:
             problems.append(
-                f"{origin}: unknown section '{section}'{_suggest(str(section), list(_SECTIONS))}"
+                f"{origin}: unknown section '{section}'{_suggest(str(section), list(_SECTION_CLASSES))}"
             )
             continue
         if values is None:
@@ -364,7 +362,7 @@ def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: lis
         if not isinstance(values, dict):
             problems.append(f"{origin}: section '{section}' must be a mapping of settings")
             continue
-        hints = _resolved_hints(_SECTION_CLASSES[section])
+        hints = typing.get_type_hints(_SECTION_CLASSES[section])
         for key, value in values.items():
             dotted = f"{section}.{key}"
             if key not in hints:
@@ -476,12 +474,17 @@ def config_to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
+def config_changes(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+    """The settings whose values differ, as (dotted key, old value, new value)."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    return [
+        (f"{section}.{key}", a[section][key], b[section][key])
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key]
+    ]
+
+
 def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     """Dotted keys whose values differ, each as `key: old -> new`."""
-    a, b = config_to_dict(old), config_to_dict(new)
-    out = []
-    for section in a:
-        for key in a[section]:
-            if a[section][key] != b[section][key]:
-                out.append(f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}")
-    return out
+    return [f"{key}: {a!r} -> {b!r}" for key, a, b in config_changes(old, new)]

@@ -11,8 +11,6 @@ at a time with its cell's reference step on its own weights (cells.py; tested in
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,19 +228,3 @@ def profile_config(
     model = model.to(resolve_device(device))
     name = f"{config.model.cell} (initial)" if config_file is None else f"{config_file} (initial)"
     return measure_model(model, ids, source=name, **options)
-
-
-def layer_grad_norms(model: torch.nn.Module) -> list[float | None]:
-    """The norm of the current gradients of each recurrent layer's weights (None if not finite).
-
-    Read before clipping, it shows which layer explodes or starves; training logs it at each
-    evaluation as `grad_norm_layers` on the "val" record.
-    """
-    squares: dict[int, Tensor] = {}
-    for name, param in model.named_parameters():
-        layer = re.fullmatch(r"rnn\.\w+_l(\d+)\w*", name)
-        if layer is not None and param.grad is not None:
-            k = int(layer.group(1))
-            squares[k] = squares.get(k, 0.0) + param.grad.detach().float().pow(2).sum()
-    norms = [float(squares[k].sqrt()) for k in sorted(squares)]
-    return [n if math.isfinite(n) else None for n in norms]

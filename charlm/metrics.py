@@ -22,13 +22,64 @@ from rich.progress import (
 stderr = Console(stderr=True)
 
 
+def train_record(
+    step: int,
+    epoch: int,
+    loss: float,
+    lr: float,
+    grad_norm: float,
+    clipped_fraction: float,
+    bad_steps: int,
+    tokens_per_s: float,
+    elapsed_s: float,
+) -> dict[str, Any]:
+    """A "train" record, every train.log_every steps: the mean training loss (nats per token)
+    since the last record, the learning rate, the last good step's gradient norm before
+    clipping, the fraction of steps since the last record that were clipped, the non-finite
+    steps skipped so far, tokens per second since the last record, seconds since this process
+    started training."""
+    return {
+        "kind": "train",
+        "step": step,
+        "epoch": epoch,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "clipped_fraction": clipped_fraction,
+        "bad_steps": bad_steps,
+        "tokens_per_s": tokens_per_s,
+        "elapsed_s": elapsed_s,
+    }
+
+
+def val_record(
+    step: int,
+    val_loss: float,
+    val_perplexity: float,
+    val_bits_per_char: float,
+    grad_norm_layers: list[float | None],
+    elapsed_s: float,
+) -> dict[str, Any]:
+    """A "val" record, every train.eval_every steps and at the end: the validation loss (nats
+    per token), its perplexity and bits per character, and each recurrent layer's gradient norm
+    (before clipping, null if not finite) at the step just before."""
+    return {
+        "kind": "val",
+        "step": step,
+        "val_loss": val_loss,
+        "val_perplexity": val_perplexity,
+        "val_bits_per_char": val_bits_per_char,
+        "grad_norm_layers": grad_norm_layers,
+        "elapsed_s": elapsed_s,
+    }
+
+
 class MetricsLog:
     """Append-only JSONL; each record is flushed so a crash loses at most the line being written.
 
-    Training records: kind="train", step, loss, lr, grad_norm (before clipping), clipped_fraction,
-    tokens_per_s, elapsed_s. Validation records: kind="val", step, val_loss, val_perplexity,
-    val_bits_per_char. Records past `truncate_after` (a resumed run's checkpoint step) are dropped
-    first, so a resumed run's log reads as if it had never stopped.
+    The records are `train_record`'s and `val_record`'s (non-finite numbers are written as
+    null). Records past `truncate_after` (a resumed run's checkpoint step) are dropped first, so
+    a resumed run's log reads as if it had never stopped.
     """
 
     def __init__(self, path: Path, truncate_after: int | None = None, enabled: bool = True) -> None:

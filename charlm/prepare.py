@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from charlm.config import DataConfig
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
 from charlm.textsource import TextSource, find_split, split_chunks
@@ -36,20 +37,41 @@ CHUNK_CHARS = 4 << 20  # text is encoded and written in pieces of about this man
 ERROR_MODES = ("strict", "replace")
 
 
+_DATA = DataConfig()  # the defaults of every data setting live in DataConfig only
+
+
 @dataclass(frozen=True)
 class PrepareSettings:
-    """How `prepare` turns text into ids; every field takes part in the cache key."""
+    """How `prepare` turns text into ids; every field takes part in the cache key.
 
-    level: str = "char"  # char | word | bpe
-    vocab_size: int = 8000  # word/bpe only; counts the special tokens; word: 0 keeps every word
-    val_fraction: float = 0.05  # the last fraction of the text is validation
+    Built from a run's DataConfig (`from_config`), whose defaults these are."""
+
+    level: str = _DATA.level  # char | word | bpe
+    vocab_size: int = _DATA.vocab_size  # word/bpe; counts the special tokens; word: 0 keeps all
+    val_fraction: float = _DATA.val_fraction  # the last fraction of the text is validation
     val_file: Path | None = None  # validation text from this file instead; val_fraction unused
-    csv_column: str | None = None  # the text column of a .csv input (e.g. "body" for Reddit)
+    csv_column: str | None = _DATA.csv_column  # the text column of a .csv input (e.g. "body")
     errors: str = "strict"  # strict | replace: what to do with invalid UTF-8
     # Word level only. Defaults: the WildML tutorial; False/"lines"/"whitespace": pytorch/examples.
-    lowercase: bool = True
-    segments: str = "sentences"  # sentences: START ... END each | lines: every line + <eos>
-    word_split: str = "rules"  # rules: words, punctuation, clitics | whitespace: str.split()
+    lowercase: bool = _DATA.lowercase
+    segments: str = _DATA.segments  # sentences: START ... END each | lines: every line + <eos>
+    word_split: str = _DATA.word_split  # rules: words, punctuation, clitics | whitespace: split()
+
+    @classmethod
+    def from_config(
+        cls, data: DataConfig, val_file: Path | None = None, errors: str = "strict"
+    ) -> PrepareSettings:
+        return cls(
+            level=data.level,
+            vocab_size=data.vocab_size,
+            val_fraction=data.val_fraction,
+            val_file=val_file,
+            csv_column=data.csv_column,
+            errors=errors,
+            lowercase=data.lowercase,
+            segments=data.segments,
+            word_split=data.word_split,
+        )
 
     def validate(self) -> None:
         """Raise a UsageError for the first setting that cannot work."""
@@ -135,6 +157,15 @@ def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSetti
         if settings.level != "word" or getattr(settings, name) == _DEFAULTS[name]:
             del payload["settings"][name]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _legacy_keys(input_sha256: str, val_sha256: str | None, settings: PrepareSettings) -> list[str]:
+    """Keys that earlier versions gave the same data. `charlm train` used to prepare with
+    csv_column "body" whatever the input; a folder it made from a non-CSV input (where the
+    column changes nothing) stays valid, so runs trained on it still resume."""
+    if settings.csv_column is not None:
+        return []
+    return [_cache_key(input_sha256, val_sha256, dataclasses.replace(settings, csv_column="body"))]
 
 
 _WORD_ONLY = ("lowercase", "segments", "word_split")
@@ -278,7 +309,10 @@ def prepare(
                 )
 
     cache_key = _cache_key(input_sha256, val_sha256, settings)
-    if existing_meta is not None and existing_meta.get("cache_key") == cache_key:
+    if existing_meta is not None and existing_meta.get("cache_key") in (
+        cache_key,
+        *_legacy_keys(input_sha256, val_sha256, settings),
+    ):
         if _is_complete(out_dir, existing_meta):
             report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
             return existing_meta

@@ -104,7 +104,10 @@ def _lines(pieces: Iterable[str]) -> Iterator[str]:
 def _csv_text(pieces: Iterable[str], name: str, column: str | None) -> Iterator[str]:
     """The non-blank `column` fields of a CSV text, one document per row, joined by "\\n"."""
     if column is None:
-        raise UsageError(f"{name}: a CSV input needs --csv-column NAME (the column with the text)")
+        raise UsageError(
+            f"{name}: a CSV input needs its text column named: --csv-column NAME (charlm "
+            "prepare) or --set data.csv_column=NAME (charlm train)"
+        )
     # Comments can be far longer than the csv module's default 128 KiB field limit.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(_lines(pieces))

@@ -20,7 +20,8 @@ from charlm.batching import Cursor, StreamBatcher
 from charlm.checkpoint import load_checkpoint
 from charlm.distributed import setup_distributed
 from charlm.errors import UsageError
-from charlm.train import _micro_batches, train
+from charlm.train import train
+from charlm.train_step import micro_batches
 from tests.conftest import make_english
 from tests.helpers import pattern_text
 
@@ -152,7 +153,7 @@ def test_ranks_and_micro_batches_read_the_streams_of_the_global_batch(
         for rank in range(world_size):
             x, y, rank_after = mine[rank].batch(cursor)
             assert rank_after == after
-            for x_part, y_part, _ in _micro_batches(x, y, grad_accum):
+            for x_part, y_part, _ in micro_batches(x, y, grad_accum):
                 assert x_part.shape[1] == batch
                 np.testing.assert_array_equal(y_part, x_part + 1)
                 parts.append(x_part)

@@ -16,11 +16,11 @@ from charlm.errors import DataError
 from charlm.gradients import (
     BURN_IN,
     gradient_norms_by_lag,
-    layer_grad_norms,
     measure_model,
     model_step,
 )
 from charlm.model import RNNLanguageModel
+from charlm.train_step import layer_grad_norms
 
 runner = CliRunner()
 

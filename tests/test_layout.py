@@ -46,7 +46,7 @@ FLOORS = [
     {"config", "batching", "device", "distributed", "corpora", "textsource", "tokenizer", "synth"},
     {"cells", "prepare", "schedules"},
     {"model"},
-    {"checkpoint", "train_step", "stepguard"},
+    {"checkpoint", "train_step"},
     {"evaluate", "sample", "gradients", "runinfo", "resume"},
     {"plots", "train"},
     {"cli"},

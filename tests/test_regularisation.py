@@ -26,7 +26,8 @@ from charlm.regularise import (
     locked_dropout,
     should_start_averaging,
 )
-from charlm.train import bptt_length, learning_rate, train
+from charlm.schedules import bptt_length, learning_rate
+from charlm.train import train
 
 REGULARISED = (
     "model.embedding_dropout=0.1",

@@ -32,7 +32,7 @@ def poison_loss(
 ) -> dict[str, int]:
     """Make the n-th training loss (validation runs under no_grad and is not counted)
     non-finite where `is_bad(n)`; returns the counter, to reset between runs."""
-    import charlm.train as train_module
+    import charlm.train_step as train_module
 
     real = train_module.F.cross_entropy
     calls = {"n": 0}
@@ -213,7 +213,7 @@ def test_device_step_guard_gives_the_host_guards_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cell: str, optimiser: str
 ) -> None:
     calls = poison_loss(monkeypatch, lambda n: n in (4, 5, 9))  # steps 4, 5 and 9 are bad
-    from charlm.stepguard import DeviceStepGuard
+    from charlm.train_step import DeviceStepGuard
 
     guarded = {"steps": 0}
     real_step = DeviceStepGuard.step
