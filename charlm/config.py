@@ -59,10 +59,12 @@ _DROPOUTS = (
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Literal["gru", "lstm", "rnn"] = "gru"  # rnn is a plain tanh RNN, for comparison
-    # How embedding and decoder start (docs/benchmarks.md, "Initialisation"). pytorch: each
-    # module's own PyTorch default (embedding N(0, 1), decoder and bias U(+-1/sqrt(H))); charlm:
-    # charlm 0.1's embedding U(+-0.1), decoder U(+-1/sqrt(H)) and zero bias, which learned slower.
-    init: Literal["pytorch", "charlm"] = "pytorch"
+    # How the weights start (docs/benchmarks.md, "Initialisation"). pytorch: each module's own
+    # PyTorch default (embedding N(0, 1); decoder, its bias and the recurrent layers
+    # U(+-1/sqrt(H))); charlm: charlm 0.1's embedding U(+-0.1), decoder U(+-1/sqrt(H)) and zero
+    # bias, which learned slower; uniform: every weight and bias U(+-init_range) (Zaremba et al.).
+    init: Literal["pytorch", "charlm", "uniform"] = "pytorch"
+    init_range: float = 0.1  # init=uniform: the bound (Zaremba et al.: 0.1 small, 0.05 medium)
     layers: int = 2
     hidden_size: int = 128
     embedding_dim: int = 48
@@ -96,6 +98,8 @@ class ModelConfig:
             problems.append(f"model.unigram_bias must be in [0, 1] (got {self.unigram_bias})")
         if not 0.0 <= self.leak < 1.0:
             problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
+        if not 0.0 < self.init_range <= 1.0:
+            problems.append(f"model.init_range must be in (0, 1] (got {self.init_range})")
         for name in _DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"model.{name} must be in [0, 1) (got {getattr(self, name)})")

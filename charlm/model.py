@@ -113,6 +113,9 @@ class RNNLanguageModel(nn.Module):
             if self.projection is not None:
                 bound = 1.0 / math.sqrt(self.config.hidden_size)
                 nn.init.uniform_(self.projection.weight, -bound, bound)
+        elif self.config.init == "uniform":
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
         # init=pytorch keeps what the modules drew when they were built.
         hidden = self.config.hidden_size
         for layer in range(self.config.layers):

@@ -47,12 +47,12 @@ CASES = {
                (250, 500, 1000, 1500), 0),
     "chars": ("shakespeare", CHARRNN, dict(cell="lstm", hidden=128, embedding=128, batch=50,
               seq=50, lr=2e-3, clip=5.0, clip_value=True, optimizer="rmsprop-charrnn"),
-              (250, 500, 1000), 0),
+              (200, 400, 600), 0),
     "wt2-sgd": ("wikitext2", WT2 + SGD, dict(cell="lstm", hidden=200, embedding=200, batch=20,
-                seq=35, optimizer="sgd", lr=20.0, clip=0.25, init="examples"), (75, 150, 300), 40),
+                seq=35, optimizer="sgd", lr=20.0, clip=0.25, init="examples"), (75, 150), 40),
     "wt2-rms": ("wikitext2", WT2, dict(cell="lstm", hidden=200, embedding=200, batch=20, seq=35),
-                (75, 150, 300), 40),
-    "tied": ("wikitext2", TIED, None, (75, 150, 300), 40),
+                (75, 150), 40),
+    "tied": ("wikitext2", TIED, None, (75, 150), 40),
 }  # fmt: skip
 VARIANTS = {  # label: charlm settings laid over the case's
     "charlm 0.1 init": ["model.init=charlm"],

@@ -201,3 +201,20 @@ def test_training_header_names_threads_and_openmp_policy(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stderr.splitlines() if x.startswith("cpu:"))
     assert "thread" in line and "OpenMP" in line
+
+
+def test_uniform_init_bounds_every_weight_and_bias() -> None:
+    model = _model("uniform", cell="lstm", forget_bias=0.0, init_range=0.05)
+    for name, parameter in model.named_parameters():
+        assert parameter.abs().max() <= 0.05, name
+    assert model.embedding.weight.std() > 0.02  # drawn, not zeroed
+
+
+def test_every_shipped_config_loads() -> None:
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    assert {"wlm-wikitext2.yaml", "zaremba-small.yaml"} <= {c.name for c in configs}
+    for path in configs:
+        build_config(config_file=path)
+    assert build_config(config_file=configs[0].parent / "wlm-wikitext2.yaml").optim.name == "sgd"
