@@ -41,6 +41,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from charlm import __version__
 from charlm.config import RunConfig, build_config, config_to_yaml, read_yaml
+from charlm.device import resolve_device
 from charlm.errors import CheckpointError, ConfigError
 from charlm.model import RNNLanguageModel
 from charlm.runfiles import (
@@ -432,6 +433,18 @@ def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
     tokenizer_json = (folder / TOKENIZER).read_text(encoding="utf-8")
     _check_tokenizer(folder, tokenizer_json, meta)
     return LoadedCheckpoint(folder, info, config, meta, tokenizer_json)
+
+
+def open_for_use(
+    path: Path, which: str = "best", device: str = "auto"
+) -> tuple[LoadedCheckpoint, RNNLanguageModel]:
+    """A checkpoint and its model in eval mode, for sample, evaluate and gradients alike.
+
+    `device` "auto" means the run's own train.device (itself "auto" unless the run chose one:
+    CUDA, then MPS, then the CPU); any other name must exist."""
+    loaded = load_checkpoint(path, which)
+    wanted = device if device != "auto" else loaded.config.train.device
+    return loaded, loaded.build_model(resolve_device(wanted)).eval()
 
 
 def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) -> None:

@@ -13,8 +13,7 @@ from tokenizers import Tokenizer
 from torch.nn import functional as F
 
 from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
-from charlm.checkpoint import load_checkpoint
-from charlm.device import resolve_device
+from charlm.checkpoint import open_for_use
 from charlm.errors import DataError
 from charlm.model import RNNLanguageModel, detach_state
 from charlm.prepare import read_text
@@ -128,16 +127,14 @@ def evaluate_checkpoint(
     Characters or words the vocabulary never saw become the unknown token, not an error.
     """
 
-    loaded = load_checkpoint(checkpoint, which)
-    config = loaded.config
-    dev = resolve_device(device if device != "auto" else config.train.device)
+    loaded, model = open_for_use(checkpoint, which, device)
+    config, dev = loaded.config, model.embedding.weight.device
     tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
     level = loaded.meta["level"]
     raw = read_text(text, errors=errors, csv_column=config.data.csv_column)
     ids = Encoder(tokenizer, level).encode(raw)
     if len(ids) < 2:
         raise DataError(f"{text}: too short to evaluate (needs at least 2 tokens)")
-    model = loaded.build_model(dev)
     nll, predicted = evaluate_ids(
         model,
         ids,

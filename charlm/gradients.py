@@ -183,13 +183,11 @@ def profile_run(
     """Measure a trained run's checkpoint on a text, tokenised with the run's own vocabulary."""
     from tokenizers import Tokenizer
 
-    from charlm.checkpoint import load_checkpoint
-    from charlm.device import resolve_device
+    from charlm.checkpoint import open_for_use
     from charlm.prepare import read_text
     from charlm.tokenizer import Encoder
 
-    loaded = load_checkpoint(run, which)
-    model = loaded.build_model(resolve_device(device))
+    loaded, model = open_for_use(run, which, device)
     tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
     raw = read_text(text, csv_column=loaded.config.data.csv_column)
     ids = Encoder(tokenizer, loaded.meta["level"]).encode(raw)

@@ -32,12 +32,13 @@ def train_record(
     bad_steps: int,
     tokens_per_s: float,
     elapsed_s: float,
+    threads: int,
 ) -> dict[str, Any]:
     """A "train" record, every train.log_every steps: the mean training loss (nats per token)
     since the last record, the learning rate, the last good step's gradient norm before
     clipping, the fraction of steps since the last record that were clipped, the non-finite
     steps skipped so far, tokens per second since the last record, seconds since this process
-    started training."""
+    started training, the CPU threads it trained with (train.threads, charlm/threads.py)."""
     return {
         "kind": "train",
         "step": step,
@@ -49,6 +50,7 @@ def train_record(
         "bad_steps": bad_steps,
         "tokens_per_s": tokens_per_s,
         "elapsed_s": elapsed_s,
+        "threads": threads,
     }
 
 

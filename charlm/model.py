@@ -69,15 +69,20 @@ class RNNLanguageModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise as the config asks; called once at construction, seeded by the caller."""
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        if not self.config.tie_weights:
-            bound = 1.0 / math.sqrt(self.config.hidden_size)
-            nn.init.uniform_(self.decoder.weight, -bound, bound)
-        nn.init.zeros_(self.decoder.bias)
-        if self.projection is not None:
-            bound = 1.0 / math.sqrt(self.config.hidden_size)
-            nn.init.uniform_(self.projection.weight, -bound, bound)
-        self.cell.initialise(self.rnn, self.config)
+        if self.config.init == "charlm":
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            if not self.config.tie_weights:
+                bound = 1.0 / math.sqrt(self.config.hidden_size)
+                nn.init.uniform_(self.decoder.weight, -bound, bound)
+            nn.init.zeros_(self.decoder.bias)
+            if self.projection is not None:
+                bound = 1.0 / math.sqrt(self.config.hidden_size)
+                nn.init.uniform_(self.projection.weight, -bound, bound)
+        elif self.config.init == "uniform":
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
+        # init=pytorch keeps what the modules drew when they were built.
+        self.cell.initialise(self.rnn, self.config)  # recurrent_init, the LSTMs' forget bias
 
     def init_output_bias(self, train_ids: np.ndarray, scale: float = 1.0) -> None:
         """Set the decoder bias to `scale` times the add-one smoothed log unigram frequencies of

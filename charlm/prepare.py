@@ -256,6 +256,20 @@ def _write_ids(
     return [(tokens, largest) for tokens, largest in counts]
 
 
+@dataclass
+class _Inputs:
+    """The scanned input (and validation text): what preparing it needs to know up front."""
+
+    corpus: TextSource
+    val_corpus: TextSource | None
+    source_name: str
+    input_sha256: str
+    val_sha256: str | None
+    total_chars: int
+    cut: int  # characters of the training part
+    val_chars: int
+
+
 def prepare(
     source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
 ) -> dict:
@@ -277,41 +291,11 @@ def prepare(
             f"{out_dir}: folder is not empty and holds no prepared data (no {META_FILE}); "
             "choose an empty or new output folder"
         )
-
-    # The input is read as a stream, several times over, never whole: a scan (checks, hash,
-    # length), a search for the split, the tokenizer's training, the encoding. Memory stays
-    # bounded by a few chunks whatever the corpus size.
-    if source is None:
-        corpus = TextSource(text=builtin_corpus_text())
-    else:
-        corpus = TextSource(Path(source), settings.errors, settings.csv_column)
-    with report.bar(f"reading {corpus.name}", corpus.raw_bytes, "bytes") as advance:
-        scan = corpus.scan(advance)
-    input_sha256, source_name, total_chars = scan.sha256, corpus.name, scan.chars
-    val_sha256 = None
-    if settings.val_file is not None:
-        val_corpus = TextSource(Path(settings.val_file), settings.errors, settings.csv_column)
-        val_scan = val_corpus.scan()
-        val_sha256 = val_scan.sha256
-        cut = total_chars
-    else:
-        val_corpus = None
-        cut = find_split(corpus.pieces(), total_chars, settings.val_fraction)
-        for part, has_text, fix in (
-            ("validation", scan.last_text >= cut, "larger"),
-            ("training", 0 <= scan.first_text < cut, "smaller"),
-        ):
-            if not has_text:
-                raise DataError(
-                    f"{source_name}: the {part} part is empty (val_fraction "
-                    f"{settings.val_fraction} of {total_chars:,} characters); pass a {fix} "
-                    "--val-fraction, a --val-file, or a bigger corpus"
-                )
-
-    cache_key = _cache_key(input_sha256, val_sha256, settings)
+    inputs = _scan_inputs(source, settings, report)
+    cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings)
     if existing_meta is not None and existing_meta.get("cache_key") in (
         cache_key,
-        *_legacy_keys(input_sha256, val_sha256, settings),
+        *_legacy_keys(inputs.input_sha256, inputs.val_sha256, settings),
     ):
         if _is_complete(out_dir, existing_meta):
             report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
@@ -320,15 +304,60 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
+    tokenizer = _train_tokenizer(inputs, settings, report)
+    meta = _write_prepared(out_dir, inputs, tokenizer, settings, cache_key, report)
+    report.line(
+        f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
+        f"vocabulary {meta['vocab_size']:,} ({settings.level})"
+    )
+    return meta
 
-    with report.bar(f"building the {settings.level} tokenizer", cut) as advance:
+
+def _scan_inputs(source: Path | None, settings: PrepareSettings, report: _Reporter) -> _Inputs:
+    """Scan the input (checks, hash, length) and find the split, or refuse an empty part.
+
+    The input is read as a stream, several times over, never whole: this scan, a search for
+    the split, the tokenizer's training, the encoding. Memory stays bounded by a few chunks
+    whatever the corpus size."""
+    if source is None:
+        corpus = TextSource(text=builtin_corpus_text())
+    else:
+        corpus = TextSource(Path(source), settings.errors, settings.csv_column)
+    with report.bar(f"reading {corpus.name}", corpus.raw_bytes, "bytes") as advance:
+        scan = corpus.scan(advance)
+    total_chars = scan.chars
+    if settings.val_file is not None:
+        val_corpus = TextSource(Path(settings.val_file), settings.errors, settings.csv_column)
+        val_scan = val_corpus.scan()
+        return _Inputs(
+            corpus, val_corpus, corpus.name, scan.sha256, val_scan.sha256, total_chars,
+            total_chars, val_scan.chars,
+        )  # fmt: skip
+    cut = find_split(corpus.pieces(), total_chars, settings.val_fraction)
+    for part, has_text, fix in (
+        ("validation", scan.last_text >= cut, "larger"),
+        ("training", 0 <= scan.first_text < cut, "smaller"),
+    ):
+        if not has_text:
+            raise DataError(
+                f"{corpus.name}: the {part} part is empty (val_fraction "
+                f"{settings.val_fraction} of {total_chars:,} characters); pass a {fix} "
+                "--val-fraction, a --val-file, or a bigger corpus"
+            )
+    return _Inputs(
+        corpus, None, corpus.name, scan.sha256, None, total_chars, cut, total_chars - cut
+    )
+
+
+def _train_tokenizer(inputs: _Inputs, settings: PrepareSettings, report: _Reporter) -> Tokenizer:
+    with report.bar(f"building the {settings.level} tokenizer", inputs.cut) as advance:
 
         def train_chunks() -> Iterator[str]:
-            for _, chunk in split_chunks(corpus.pieces(), [0, cut], CHUNK_CHARS):
+            for _, chunk in split_chunks(inputs.corpus.pieces(), [0, inputs.cut], CHUNK_CHARS):
                 yield chunk
                 advance(len(chunk))
 
-        tokenizer = build_tokenizer(
+        return build_tokenizer(
             settings.level,
             train_chunks(),
             settings.vocab_size,
@@ -336,22 +365,31 @@ def prepare(
             segments=settings.segments,
             word_split=settings.word_split,
         )
+
+
+def _write_prepared(
+    out_dir: Path,
+    inputs: _Inputs,
+    tokenizer: Tokenizer,
+    settings: PrepareSettings,
+    cache_key: str,
+    report: _Reporter,
+) -> dict:
+    """Encode both parts, write ids, tokenizer and meta under temporary names, then rename."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)
-
     temps = {name: out_dir / f".{name}.tmp" for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE)}
     temps[META_FILE] = out_dir / f".{META_FILE}.tmp"
+    cut, total_chars = inputs.cut, inputs.total_chars
     try:
         paths = [temps[TRAIN_FILE], temps[VAL_FILE]]
-        if val_corpus is None:  # one pass over the corpus writes both parts
-            jobs = [(corpus, [0, cut, total_chars], paths, total_chars)]
-            val_chars = total_chars - cut
+        if inputs.val_corpus is None:  # one pass over the corpus writes both parts
+            jobs = [(inputs.corpus, [0, cut, total_chars], paths, total_chars)]
         else:
-            val_chars = val_scan.chars
             jobs = [
-                (corpus, [0, cut], paths[:1], cut),
-                (val_corpus, [0, val_chars], paths[1:], val_chars),
+                (inputs.corpus, [0, cut], paths[:1], cut),
+                (inputs.val_corpus, [0, inputs.val_chars], paths[1:], inputs.val_chars),
             ]
         results = []
         for text_source, bounds, job_paths, chars in jobs:
@@ -360,21 +398,23 @@ def prepare(
                 results += _write_ids(chunks, job_paths, encoder, dtype, advance)
         counts = dict(zip((TRAIN_FILE, VAL_FILE), results, strict=True))
         if max(counts[TRAIN_FILE][1], counts[VAL_FILE][1]) >= vocab_size:
-            raise DataError(f"{source_name}: the tokenizer produced an id outside its vocabulary")
+            raise DataError(
+                f"{inputs.source_name}: the tokenizer produced an id outside its vocabulary"
+            )
         save_tokenizer(tokenizer, temps[TOKENIZER_FILE])
         meta = {
             "format": FORMAT_VERSION,
             "level": settings.level,
             "vocab_size": vocab_size,
             "dtype": dtype.name,
-            "source": source_name,
-            "sha256": input_sha256,
-            "val_sha256": val_sha256,
+            "source": inputs.source_name,
+            "sha256": inputs.input_sha256,
+            "val_sha256": inputs.val_sha256,
             "settings": settings.as_dict(),
             "train_tokens": counts[TRAIN_FILE][0],
             "val_tokens": counts[VAL_FILE][0],
             "train_chars": cut,
-            "val_chars": val_chars,
+            "val_chars": inputs.val_chars,
             "special_ids": special_ids(tokenizer),
             "cache_key": cache_key,
         }
@@ -384,10 +424,6 @@ def prepare(
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
-    report.line(
-        f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-        f"vocabulary {vocab_size:,} ({settings.level})"
-    )
     return meta
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from charlm.checkpoint import load_checkpoint
-from charlm.device import resolve_device
+from charlm.checkpoint import open_for_use
 from charlm.errors import UsageError
-from charlm.model import LeanStepper, RNNLanguageModel, State
+from charlm.model import LeanStepper, State
 from charlm.tokenizer import Encoder, StreamDecoder, special_ids
 
 
@@ -52,7 +51,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        # Stable: tied logits keep their index order, so which of them the nucleus keeps is fixed.
+        # Stable: tied tokens keep their index order, so the cut between them is reproducible.
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1, stable=True)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # Drop a token when the mass before it already reaches p; the first always stays.
@@ -77,17 +76,16 @@ class Sampler:
     """A loaded model ready to generate; `generate` calls `emit(sample_index, text)` as it goes."""
 
     def __init__(self, checkpoint: Path, device: str = "auto", which: str = "best") -> None:
-        loaded = load_checkpoint(checkpoint, which)
+        loaded, self.model = open_for_use(checkpoint, which, device)
         self.config = loaded.config
         self.level: str = loaded.meta["level"]
-        self.device = resolve_device(device if device != "auto" else "auto")
-        self.model: RNNLanguageModel = loaded.build_model(self.device).eval()
+        self.device = self.model.embedding.weight.device
         self.step = LeanStepper(self.model)  # weights laid out once for one-token steps
         self.tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
         self.special = special_ids(self.tokenizer)
         self.encoder = Encoder(self.tokenizer, self.level)
 
-    def _prime_ids(self, prime: str, sentence_mode: bool) -> list[int]:
+    def _prime_ids(self, prime: str) -> list[int]:
         if prime:
             ids = [int(i) for i in self.encoder.encode(prime)]
             if self.level == "word" and ids and ids[-1] == self.special["end"]:
@@ -109,7 +107,7 @@ class Sampler:
         seed = options.seed if options.seed is not None else secrets.randbits(31)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         n = options.num_samples
-        prime = self._prime_ids(options.prime, sentence_mode)
+        prime = self._prime_ids(options.prime)
         decoders = [StreamDecoder(self.tokenizer, self.level) for _ in range(n)]
         texts = ["" for _ in range(n)]
 

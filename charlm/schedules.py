@@ -31,6 +31,10 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     ),
     # NT-ASGD: plain SGD; the averaging is WeightAverager's, once ValidationPolicy triggers it.
     "asgd": lambda params, o: torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay),
+    # pytorch/examples' and Zaremba et al.'s recipes: plain, momentum or Nesterov SGD.
+    "sgd": lambda params, o: torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    ),
 }
 
 
@@ -40,7 +44,7 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.O
     factory = OPTIMIZERS.get(optim.name)
     if factory is None:
         raise ConfigError(
-            f"optim.name: '{optim.name}' is not one of {', '.join(OPTIMIZERS)}; pick one of those"
+            f"optim.name: unknown optimiser '{optim.name}'; use one of {', '.join(OPTIMIZERS)}"
         )
     return factory(list(model.parameters()), optim)
 

@@ -240,24 +240,19 @@ def _check(name: str, value: float, low: float, high: float | None = None) -> No
         raise UsageError(f"--{name} must be {bound} (got {value})")
 
 
-def make_task(
+def _task_settings(
     task: str,
-    *,
-    length: int = 200_000,
-    valid_length: int = 20_000,
-    lag: int = 10,
-    keys: int = 8,
-    alphabet: int = 0,
-    order: int = 3,
-    concentration: float = 0.5,
-    depth: int = 8,
-    types: int = 2,
-    open_prob: float = 0.5,
-    seed: int = 1,
-) -> tuple[str, str, dict[str, Any]]:
-    """(train text, valid text, truth) for a task; `alphabet` 0 means the task's default."""
-    _check("length", length, 2)
-    _check("valid-length", valid_length, 2)
+    lag: int,
+    keys: int,
+    alphabet: int,
+    order: int,
+    concentration: float,
+    depth: int,
+    types: int,
+    open_prob: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The task's checked settings (its own default alphabet where 0), or a UsageError."""
     if task == "lag":
         alphabet = alphabet or 8
         _check("lag", lag, 1)
@@ -291,6 +286,30 @@ def make_task(
             "(the exact truth needs a dense solve); lower --lag/--keys, --order/--alphabet or "
             "--depth/--types"
         )
+    return settings
+
+
+def make_task(
+    task: str,
+    *,
+    length: int = 200_000,
+    valid_length: int = 20_000,
+    lag: int = 10,
+    keys: int = 8,
+    alphabet: int = 0,
+    order: int = 3,
+    concentration: float = 0.5,
+    depth: int = 8,
+    types: int = 2,
+    open_prob: float = 0.5,
+    seed: int = 1,
+) -> tuple[str, str, dict[str, Any]]:
+    """(train text, valid text, truth) for a task; `alphabet` 0 means the task's default."""
+    _check("length", length, 2)
+    _check("valid-length", valid_length, 2)
+    settings = _task_settings(
+        task, lag, keys, alphabet, order, concentration, depth, types, open_prob, seed
+    )
     automaton = build_automaton(task, settings)
     pi = automaton.stationary()
     rng = np.random.default_rng([seed, 0])

@@ -9,6 +9,7 @@ say. Exact resume lives in resume.py, the schedules and validation policy in sch
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from charlm.batching import Cursor, SentenceBatcher, StreamBatcher
-from charlm.cells import State
+from charlm.cells import CELLS, State
 from charlm.checkpoint import (
     LoadedCheckpoint,
     RunState,
@@ -61,6 +62,7 @@ from charlm.schedules import (
     patch_resumed_optimizer,
     variable_bptt_steps,
 )
+from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -192,7 +194,7 @@ class Trainer:
         self.stop_signal: int | None = None  # a signal every process has agreed on
 
     def run(self) -> TrainResult:
-        set_threads(self.config.train.threads)
+        self.load_meter = LoadMeter()  # judges the machine's load while the data loads
         mkldnn = torch.backends.mkldnn.enabled
         try:
             self._setup_data()
@@ -225,8 +227,12 @@ class Trainer:
 
     def _setup_model(self) -> None:
         t, dist = self.config.train, self.dist
-        seed_everything(t.seed)
         self.vocab_size = int(self.data.meta["vocab_size"])
+        self.threads = _thread_governor(
+            self.config, self.vocab_size, self.local_batch, dist, self.device, self.load_meter
+        )
+        self.threads.start()
+        seed_everything(t.seed)
         model = RNNLanguageModel(self.config.model, self.vocab_size)
         if self.config.model.unigram_bias and self.loaded is None:
             model.init_output_bias(self.data.train_ids, self.config.model.unigram_bias)
@@ -312,6 +318,8 @@ class Trainer:
             f"{t.grad_accum} = {self.global_batch} {unit}, {tokens} tokens per step",
             highlight=False,
         )
+        if self.device.type == "cpu":
+            stderr.print(f"cpu: {self.threads.describe()}; {OPENMP_POLICY}", highlight=False)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -411,8 +419,12 @@ class Trainer:
             self.tally.bad_steps,
             rate,
             time.perf_counter() - self.started,
+            self.threads.threads,
         )
         self.metrics.write(record)
+        change = self.threads.check()
+        if change is not None:
+            self.display.message(f"cpu: {change.threads} thread(s): {change.reason}")
         self.display.update(
             self.step,
             f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {grad_norm:.2f}  clipped {clipped:.0%}",
@@ -496,6 +508,27 @@ class Trainer:
             parameters=self.params,
             **self.policy.state_dict(),
         )
+
+
+def _thread_governor(
+    config: RunConfig,
+    vocab_size: int,
+    local_batch: int,
+    dist: DistContext,
+    device: torch.device,
+    meter: LoadMeter,
+) -> ThreadGovernor:
+    """train.threads on a CPU (charlm/threads.py); processes of one machine share its cores."""
+    m = config.model
+    gates = CELLS[m.cell].gates
+    macs = step_macs(gates, m.layers, m.hidden_size, m.embedding_dim, vocab_size, local_batch)
+    if device.type != "cpu":
+        macs = 0  # the host only launches work: one thread
+    requested = config.train.threads
+    if dist.is_distributed and not requested:  # torchrun: a fixed share of the cores each
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        requested = max(1, torch.get_num_threads() // max(1, local))
+    return ThreadGovernor(requested, macs, set_threads, torch.get_num_threads(), meter)
 
 
 def _policy_fields(saved: RunState) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def test_an_old_run_resumes_bit_for_bit(tmp_path: Path, name: str) -> None:
     for record in later:
         record.pop("elapsed_s", None)
         record.pop("tokens_per_s", None)
+        record.pop("threads", None)  # added to the records after the fixture was made
     assert later == json.loads((FIXTURE / "expected" / f"{name}.json").read_text())
 
 

@@ -21,10 +21,12 @@ from tests.helpers import cli, train_tiny, write_corpus
 
 def test_an_unknown_optimiser_is_refused_not_trained_as_adamw() -> None:
     model = torch.nn.Linear(2, 2)
-    assert set(OPTIMIZERS) == {"rmsprop", "adam", "adamw", "asgd"}
+    assert set(OPTIMIZERS) == {"rmsprop", "adam", "adamw", "asgd", "sgd"}
     for name, kind in [("rmsprop", torch.optim.RMSprop), ("asgd", torch.optim.SGD)]:
         assert type(build_optimizer(model, OptimConfig(name=name))) is kind  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="optim.name: 'lion' is not one of rmsprop, adam"):
+    with pytest.raises(
+        ConfigError, match="optim.name: unknown optimiser 'lion'; use one of rmsprop, adam"
+    ):
         build_optimizer(model, dataclasses.replace(OptimConfig(), name="lion"))
 
 
