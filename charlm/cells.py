@@ -75,6 +75,7 @@ class Cell:
     fused_kwargs: dict[str, str] = {}
     recurrent_bias = True  # a separate b_hh, as PyTorch's kernels have
     extras: dict[str, int] = {}  # further per-layer parameters: name -> size in hidden units
+    zero_init: tuple[str, ...] = ()  # UnrolledRNN: parameters (by name prefix) that start at 0
 
     def module(self, input_size: int, hidden: int, layers: int, dropout: float) -> nn.Module:
         """The stack of `layers` layers: `module(x (seq, batch, input), state)` -> (output,
@@ -114,7 +115,11 @@ class Cell:
         """Cell-specific initialisation of one layer (the LSTMs' forget bias)."""
 
     def reset_parameter(self, name: str, p: Tensor, hidden: int) -> None:
-        """UnrolledRNN's initialisation of one parameter: PyTorch's for its RNNs by default."""
+        """UnrolledRNN's initialisation of one parameter: zero for `zero_init`, else PyTorch's
+        for its RNNs."""
+        if name.startswith(self.zero_init):
+            nn.init.zeros_(p)
+            return
         bound = 1.0 / math.sqrt(hidden)
         nn.init.uniform_(p, -bound, bound)
 
@@ -241,23 +246,33 @@ class TanhRNN(Cell):
         return torch.lerp(new, h, leak) if leak else new  # type: ignore[arg-type]
 
 
-class PeepholeLSTM(LSTM):
+class _Projected(Cell):
+    """For unrolled cells: the input's share of the gates (x W_ih^T + b_ih) is computed for all
+    steps in one product; `_from_input` does the rest of a step."""
+
+    def _from_input(self, w: LayerWeights, gx: Tensor, state: State) -> State:
+        raise NotImplementedError
+
+    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
+        return self._from_input(w, torch.addmm(w.b_ih, x, w.w_ih.t()), state)
+
+    def sequence(
+        self, w: LayerWeights, xs: Tensor, state: State, leak: float = 0.0
+    ) -> tuple[Tensor, State]:
+        outputs = []
+        for gx in F.linear(xs, w.w_ih, w.b_ih):
+            state = self._from_input(w, gx, state)
+            outputs.append(self.output(state))
+        return torch.stack(outputs), state
+
+
+class PeepholeLSTM(_Projected, LSTM):
     """Gers & Schmidhuber (2000): the gates also read the cell state, through diagonal weights:
     input and forget gates c_{t-1}, the output gate the new c_t. No fused kernel: unrolled.
     The peephole weights start at zero, so the cell starts as the plain LSTM."""
 
     name, fused = "lstm-peephole", None
-    extras = {"weight_peep": 3}
-
-    def reset_parameter(self, name: str, p: Tensor, hidden: int) -> None:
-        if name.startswith("weight_peep"):
-            nn.init.zeros_(p)
-        else:
-            super().reset_parameter(name, p, hidden)
-
-    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
-        gates = torch.addmm(w.b_ih, x, w.w_ih.t())
-        return self._from_input(w, gates, state)
+    extras, zero_init = {"weight_peep": 3}, ("weight_peep",)
 
     def _from_input(self, w: LayerWeights, gx: Tensor, state: State) -> State:
         """The step once the input's share of the gates (x W_ih^T + b_ih) is known."""
@@ -267,17 +282,6 @@ class PeepholeLSTM(LSTM):
         p_i, p_f, p_o = w.peep.chunk(3)  # type: ignore[union-attr]
         c = torch.sigmoid(f + p_f * c) * c + torch.sigmoid(i + p_i * c) * torch.tanh(g)
         return torch.sigmoid(o + p_o * c) * torch.tanh(c), c
-
-    def sequence(
-        self, w: LayerWeights, xs: Tensor, state: State, leak: float = 0.0
-    ) -> tuple[Tensor, State]:
-        # The input's share of the gates for all steps in one product; the loop does the rest.
-        gx = F.linear(xs, w.w_ih, w.b_ih)
-        outputs = []
-        for g in gx:
-            state = self._from_input(w, g, state)
-            outputs.append(state[0])
-        return torch.stack(outputs), state
 
     def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
         return (*super().lean_layout(w), *w.peep.detach().chunk(3))  # type: ignore[union-attr]
@@ -300,7 +304,7 @@ def hard_sigmoid(x: Tensor) -> Tensor:
     return (0.2 * x + 0.5).clamp(0.0, 1.0)
 
 
-class TutorialGRU(Cell):
+class TutorialGRU(_Projected):
     """The WildML tutorial's GRU exactly as its Theano code computes it (gate order z, r, c;
     one bias per gate, starting at zero as there):
 
@@ -310,16 +314,7 @@ class TutorialGRU(Cell):
     The reset gate multiplies the state before W_c (PyTorch's GRU: r * (W_hn h + b_hn)).
     No fused kernel: unrolled."""
 
-    name, gates, recurrent_bias = "gru-tutorial", 3, False
-
-    def reset_parameter(self, name: str, p: Tensor, hidden: int) -> None:
-        if name.startswith("bias"):
-            nn.init.zeros_(p)
-        else:
-            super().reset_parameter(name, p, hidden)
-
-    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
-        return self._from_input(w, torch.addmm(w.b_ih, x, w.w_ih.t()), state)
+    name, gates, recurrent_bias, zero_init = "gru-tutorial", 3, False, ("bias",)
 
     def _from_input(self, w: LayerWeights, gx: Tensor, s: Tensor) -> Tensor:  # type: ignore[override]
         hidden = s.shape[1]
@@ -328,16 +323,6 @@ class TutorialGRU(Cell):
         z, r = hard_sigmoid(zr).chunk(2, dim=1)
         c = torch.tanh(torch.addmm(xc, s * r, w.w_hh[2 * hidden :].t()))
         return (1 - z) * c + z * s
-
-    def sequence(
-        self, w: LayerWeights, xs: Tensor, state: State, leak: float = 0.0
-    ) -> tuple[Tensor, State]:
-        gx = F.linear(xs, w.w_ih, w.b_ih)
-        outputs = []
-        for g in gx:
-            state = self._from_input(w, g, state)  # type: ignore[arg-type]
-            outputs.append(state)
-        return torch.stack(outputs), state  # type: ignore[arg-type]
 
     def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
         hidden = w.w_hh.shape[1]

@@ -196,9 +196,9 @@ class TrainConfig:
     # bf16: autocast on CUDA (weights, optimiser and state stay fp32); refused on a CPU, where
     # autocast leaves GRU/LSTM in fp32 and gains nothing
     precision: Literal["fp32", "bf16"] = "fp32"
-    # torch.compile the training forward (the model as evaluated and saved stays eager). Measured
-    # on a 2-core CPU: 0.96-0.999x eager after 3-19 s of compiling (docs/benchmarks.md); on a GPU
-    # unmeasured.
+    # torch.compile the training forward (the model as evaluated and saved stays eager). On a
+    # 2-core CPU it gained nothing after seconds of compiling; on a GPU unmeasured (figures:
+    # docs/benchmarks.md, "Training options for speed").
     compile: bool = False
     # How a non-finite step is skipped. host: the loss and gradient norm are read back every
     # step (the only choice under torchrun, where processes agree every step). device: decided

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charlm.errors import DataError, UsageError
+from charlm.metrics import progress_bar
 
 # Standard library modules with plenty of prose in their docstrings, sorted; no GUI, no
 # novelties (antigravity, this). Their source is parsed, never imported. A module missing from
@@ -284,7 +285,13 @@ def _fetch(url: str, temp: Path, expected_size: int | None, show_progress: bool)
             open(temp, "wb") as out,
         ):
             total = int(response.headers.get("Content-Length") or 0) or expected_size
-            with _DownloadBar(url.rsplit("/", 1)[-1], total, show_progress) as advance:
+            with progress_bar(
+                url.rsplit("/", 1)[-1],
+                total,
+                enabled=show_progress,
+                transfer=True,
+                plain_line=False,
+            ) as advance:
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
                     digest.update(block)
@@ -295,31 +302,6 @@ def _fetch(url: str, temp: Path, expected_size: int | None, show_progress: bool)
             f"{url}: download failed ({reason}); download it by hand into {temp.parent}"
         ) from None
     return digest.hexdigest()
-
-
-class _DownloadBar:
-    """A rich download bar on stderr in a terminal; nothing otherwise (a line says it started)."""
-
-    def __init__(self, name: str, total: int | None, enabled: bool) -> None:
-        self.name, self.total = name, total
-        self.enabled = enabled and sys.stderr.isatty()
-        self._progress = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda advance: None
-        from rich.console import Console
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-
-        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
-        self._progress = Progress(*columns, console=Console(stderr=True), transient=True)
-        self._progress.__enter__()
-        task = self._progress.add_task(self.name, total=self.total)
-        return lambda advance: self._progress.advance(task, advance)
-
-    def __exit__(self, *exc_info) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc_info)
 
 
 def download(

@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 stderr = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str,
+    total: int | None,
+    *,
+    enabled: bool = True,
+    unit: str = "characters",
+    transfer: bool = False,
+    plain_line: bool = True,
+) -> Iterator[Callable[[int], None]]:
+    """A transient rich bar on stderr in a terminal, yielding `advance(n)`; off a terminal a
+    plain line saying what starts (when `plain_line`) and a no-op. `transfer`: show bytes and
+    speed (downloads). Training's own bar is `TrainingDisplay`."""
+    if not enabled:
+        yield lambda n: None
+        return
+    if not sys.stderr.isatty():
+        if plain_line:
+            print(f"{description} ({total:,} {unit})", file=sys.stderr, flush=True)
+        yield lambda n: None
+        return
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(
+        *(columns if transfer else ()), console=Console(stderr=True), transient=True
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def train_record(

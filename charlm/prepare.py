@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from charlm.config import DataConfig
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
+from charlm.metrics import progress_bar
 from charlm.textsource import TextSource, find_split, split_chunks
 from charlm.tokenizer import (
     SEGMENTS,
@@ -204,29 +205,19 @@ def _is_complete(data_dir: Path, meta: dict) -> bool:
 
 
 class _Reporter:
-    """Progress on stderr: a rich bar in a terminal, a plain line per step otherwise."""
+    """Prepare's messages and progress bars on stderr (`metrics.progress_bar`), or silence."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.is_tty = enabled and sys.stderr.isatty()
-        self._progress = None
 
     def line(self, message: str) -> None:
         if self.enabled:
             print(message, file=sys.stderr, flush=True)
 
-    @contextlib.contextmanager
-    def bar(self, description: str, total: int, unit: str = "characters") -> Iterator:
-        if not self.is_tty:
-            self.line(f"{description} ({total:,} {unit})")
-            yield lambda advance: None
-            return
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task(description, total=total)
-            yield lambda advance: progress.advance(task, advance)
+    def bar(
+        self, description: str, total: int, unit: str = "characters"
+    ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+        return progress_bar(description, total, enabled=self.enabled, unit=unit)
 
 
 def _fsync_replace(temp: Path, final: Path) -> None:

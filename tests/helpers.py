@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
 from typer.testing import CliRunner
 
 from charlm.cli import app
+from charlm.config import ModelConfig
+from charlm.model import RNNLanguageModel
 
 # Small enough to train in about a second on a CPU, large enough to learn something.
 TINY = (
@@ -28,6 +31,13 @@ TINY = (
     "--set",
     "train.checkpoint_every=10",
 )
+
+
+def seeded_model(vocab_size: int, seed: int = 0, **settings: object) -> RNNLanguageModel:
+    """A model built from ModelConfig(**settings) after torch.manual_seed(seed), as training
+    builds it: the one way the tests make a small model."""
+    torch.manual_seed(seed)
+    return RNNLanguageModel(ModelConfig(**settings), vocab_size)  # type: ignore[arg-type]
 
 
 def pattern_text(length: int = 6000, seed: int = 0) -> str:

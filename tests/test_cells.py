@@ -10,12 +10,11 @@ import torch
 from charlm.checkpoint import load_checkpoint
 from charlm.config import ModelConfig
 from charlm.model import RNNLanguageModel
+from tests.helpers import seeded_model
 
 
 def _model(**kwargs) -> RNNLanguageModel:
-    torch.manual_seed(0)
-    settings = {"layers": 2, "hidden_size": 6, "embedding_dim": 5, **kwargs}
-    return RNNLanguageModel(ModelConfig(**settings), vocab_size=7)
+    return seeded_model(7, **{"layers": 2, "hidden_size": 6, "embedding_dim": 5, **kwargs})
 
 
 @pytest.mark.parametrize("bias", [1.0, 2.5, 0.0])

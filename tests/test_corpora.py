@@ -24,6 +24,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_builtin_corpus_is_large_prose_and_deterministic(isolated_cache: Path) -> None:
     text = builtin_corpus_text()
     assert len(text.encode("utf-8")) > 500_000
@@ -53,6 +54,7 @@ def test_prose_filter_keeps_sentences_and_drops_code_tables_and_doctests() -> No
     )
 
 
+@pytest.mark.slow
 def test_builtin_corpus_is_the_same_in_another_process() -> None:
     # Libraries patch stdlib functions at import time (typing_extensions, torch); the corpus must
     # not depend on what was imported before it.

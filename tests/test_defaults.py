@@ -13,7 +13,7 @@ from charlm.config import ModelConfig, OptimConfig, build_config, config_to_dict
 from charlm.errors import ConfigError
 from charlm.model import RNNLanguageModel
 from charlm.schedules import build_optimizer
-from tests.helpers import TINY, cli, train_tiny, write_corpus
+from tests.helpers import TINY, cli, seeded_model, train_tiny, write_corpus
 
 
 def test_sgd_with_momentum_and_nesterov_builds_torch_sgd() -> None:
@@ -69,9 +69,7 @@ def test_sgd_trains_through_the_cli(tmp_path) -> None:
 
 
 def _model(init: str, **kwargs) -> RNNLanguageModel:
-    torch.manual_seed(0)
-    config = ModelConfig(init=init, hidden_size=64, embedding_dim=32, **kwargs)
-    return RNNLanguageModel(config, vocab_size=500)
+    return seeded_model(500, init=init, hidden_size=64, embedding_dim=32, **kwargs)
 
 
 def test_charlm_init_is_the_old_scheme() -> None:

@@ -229,6 +229,7 @@ def test_world_size_without_rank_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
         setup_distributed("cpu")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_two_or_one(tmp_path: Path) -> None:
     """One 2-process gloo job runs four trainings in turn; the checks compare them with
     single-process runs of the same global batch."""
@@ -320,6 +321,7 @@ def _endless_run(tmp_path: Path) -> tuple[Path, list[subprocess.Popen]]:
     return tmp_path / "run", procs
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_rank_stops_all_at_the_same_step(tmp_path: Path) -> None:
     run_dir, procs = _endless_run(tmp_path)
     procs[1].send_signal(signal.SIGTERM)  # only rank 1 is told; rank 0 must hear it too
@@ -333,6 +335,7 @@ def test_a_signal_to_one_rank_stops_all_at_the_same_step(tmp_path: Path) -> None
     assert load_checkpoint(run_dir, "latest").step == step  # saved by rank 0
 
 
+@pytest.mark.slow
 def test_a_dead_rank_ends_the_others_with_a_clear_error(tmp_path: Path) -> None:
     _, procs = _endless_run(tmp_path)
     procs[1].kill()

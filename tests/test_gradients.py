@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from charlm.cli import app
-from charlm.config import ModelConfig
 from charlm.errors import DataError
 from charlm.gradients import (
     BURN_IN,
@@ -21,8 +18,7 @@ from charlm.gradients import (
 )
 from charlm.model import RNNLanguageModel
 from charlm.train_step import layer_grad_norms
-
-runner = CliRunner()
+from tests.helpers import cli, seeded_model
 
 
 @pytest.mark.parametrize("w", [0.5, 1.0, 1.3, -0.8])
@@ -50,9 +46,7 @@ def test_too_short_a_window_is_refused():
 
 
 def _model(cell: str, **kwargs) -> RNNLanguageModel:
-    torch.manual_seed(0)
-    config = ModelConfig(cell=cell, hidden_size=8, embedding_dim=4, **{"layers": 1, **kwargs})
-    return RNNLanguageModel(config, vocab_size=6)
+    return seeded_model(6, cell=cell, hidden_size=8, embedding_dim=4, **{"layers": 1, **kwargs})
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -121,11 +115,12 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_fresh_model_json_and_plot(text_file: Path, tmp_path: Path):
     png = tmp_path / "g.png"
     args = ["gradients", "--text", str(text_file), "--max-lag", "5", "--batch", "4", "--json"]
     args += ["--set", "model.cell=gru", "--set", "model.hidden_size=8", "--plot", str(png)]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[0])
     assert record["cell"] == "gru" and record["layers"] == 2 and record["lags"] == [1, 2, 3, 4, 5]
@@ -143,7 +138,7 @@ def test_cli_trained_runs_are_overlaid(text_file: Path, tmp_path: Path):
         overrides += ["train.max_steps=2", "train.batch_size=2", "train.seq_len=8"]
         train(run, text=text_file, overrides=overrides, show_progress=False)
         runs.append(str(run))
-    result = runner.invoke(app, ["gradients", *runs, "--text", str(text_file), "--max-lag", "4"])
+    result = cli(*["gradients", *runs, "--text", str(text_file), "--max-lag", "4"])
     assert result.exit_code == 0, result.output
     assert "rnn 1x8" in result.stdout and "lstm 1x8" in result.stdout
 
@@ -156,7 +151,7 @@ def test_cli_errors(text_file: Path, extra, code):
     args = ["gradients", "--set", "model.hidden_size=4"]
     if extra:
         args += ["--text", str(text_file), *extra]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == code, result.output
 
 

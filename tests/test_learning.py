@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import cli
 
 from charlm.metrics import read_metrics
 
 
+@pytest.mark.slow
 def test_char_gru_reaches_the_entropy_of_a_markov_source(tmp_path: Path) -> None:
     task = tmp_path / "markov"
     made = cli(

@@ -7,13 +7,11 @@ import torch
 
 from charlm.config import ModelConfig
 from charlm.model import RNNLanguageModel, count_parameters, detach_state
+from tests.helpers import seeded_model
 
 
 def make(cell: str, **kw: object) -> RNNLanguageModel:
-    torch.manual_seed(0)
-    return RNNLanguageModel(
-        ModelConfig(cell=cell, layers=2, hidden_size=12, embedding_dim=6, **kw), 20
-    )
+    return seeded_model(20, cell=cell, layers=2, hidden_size=12, embedding_dim=6, **kw)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from charlm.cli import app
 from charlm.gradients import GradientProfile
 from charlm.metrics import read_metrics
 from charlm.plots import plot_gradient_profiles, plot_runs
+from tests.helpers import cli
 
-runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,15 +50,15 @@ def test_plot_runs_writes_a_png(two_runs: list[Path], tmp_path: Path):
 
 def test_plot_command(two_runs: list[Path], tmp_path: Path):
     out = tmp_path / "c.png"
-    result = runner.invoke(app, ["plot", *map(str, two_runs), "--out", str(out)])
+    result = cli(*["plot", *map(str, two_runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(PNG)
 
 
 def test_plot_command_errors(two_runs: list[Path], tmp_path: Path):
-    missing = runner.invoke(app, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    missing = cli(*["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert missing.exit_code == 1 and "metrics.jsonl" in missing.output
-    not_png = runner.invoke(app, ["plot", str(two_runs[0]), "--out", str(tmp_path / "x.pdf")])
+    not_png = cli(*["plot", str(two_runs[0]), "--out", str(tmp_path / "x.pdf")])
     assert not_png.exit_code == 2 and ".png" in not_png.output
 
 

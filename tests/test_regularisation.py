@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, write_corpus
+from helpers import TINY, seeded_model, write_corpus
 from safetensors.torch import load_file
 
 from charlm import model as model_module
@@ -56,8 +57,7 @@ def tiny_model(cell: str = "lstm", layers: int = 2, *extra: str) -> RNNLanguageM
             *extra,
         ]
     )
-    torch.manual_seed(0)
-    return RNNLanguageModel(config.model, 11)
+    return seeded_model(11, **dataclasses.asdict(config.model))
 
 
 def test_locked_dropout_uses_one_mask_for_every_time_step() -> None:

@@ -35,6 +35,7 @@ def test_recipe_configs_ask_for_what_the_issue_names() -> None:
     assert wikitext.train.variable_bptt and wikitext.model.weight_drop > 0
 
 
+@pytest.mark.slow
 def test_reproduce_runs_train_test_and_sample(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

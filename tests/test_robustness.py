@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import TINY, cli, write_corpus
 from hypothesis import HealthCheck, given, settings
@@ -61,6 +62,7 @@ keys = st.sampled_from(all_keys() + ["model.hiden_size", "train", "x.y", "data.l
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(entries=st.dictionaries(keys, values, max_size=5))
 def test_random_configs_load_or_fail_cleanly(tmp_path: Path, entries: dict) -> None:
     nested: dict = {}
@@ -110,6 +112,7 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_and_say_how_to_resume(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path)
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
@@ -127,6 +130,7 @@ def test_sigint_and_sigterm_save_and_say_how_to_resume(tmp_path: Path) -> None:
         assert resumed.exit_code == 0, resumed.stderr
 
 
+@pytest.mark.slow
 def test_kill_9_never_leaves_the_run_unloadable(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path)
     rng = random.Random(0)

@@ -7,6 +7,7 @@ import torch
 
 from charlm.config import ModelConfig
 from charlm.model import LeanStepper, RNNLanguageModel
+from tests.helpers import cli
 
 
 def _model(cell: str, leak: float = 0.0, tie: bool = False) -> RNNLanguageModel:
@@ -69,17 +70,13 @@ def test_lean_stepper_is_a_snapshot_of_the_weights() -> None:
 
 
 def test_bf16_precision_is_refused_on_a_cpu_with_the_fix(tmp_path) -> None:
-    from typer.testing import CliRunner
-
-    from charlm.cli import app
-
     text = tmp_path / "text.txt"
     text.write_text("abc abd xyz\n" * 300, encoding="utf-8")
     tiny = ["model.layers=1", "model.hidden_size=8", "model.embedding_dim=4", "train.max_steps=2"]
     args = ["train", str(text), "--out", str(tmp_path / "run"), "--quiet"]
     for item in [*tiny, "train.device=cpu", "train.precision=bf16"]:
         args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 2
     assert "train.precision=fp32" in result.output
 
@@ -98,6 +95,7 @@ def test_bf16_forward_returns_fp32_logits_and_state() -> None:
     torch.testing.assert_close(logits, reference, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from helpers import train_tiny, write_corpus
     from safetensors.torch import load_file

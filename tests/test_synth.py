@@ -8,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from charlm.batching import Cursor, StreamBatcher
-from charlm.cli import app
 from charlm.prepare import PrepareSettings, load_prepared, prepare
 from charlm.synth import build_automaton, make_task, optimal_stream_loss, write_task
-
-runner = CliRunner()
+from tests.helpers import cli
 
 
 @pytest.mark.parametrize(("lag", "keys", "alphabet"), [(1, 2, 3), (5, 8, 8), (30, 4, 2)])
@@ -66,6 +63,7 @@ def test_markov_truth_matches_the_two_state_formula():
     assert truth["best_loss"] == pytest.approx(float(pi @ rows), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_optimal_predictor_reaches_the_entropy_rate_on_a_long_sample():
     for task, options in [("lag", {"lag": 6}), ("brackets", {"depth": 4}), ("markov", {})]:
         _, valid, truth = make_task(task, length=10, valid_length=20_000, **options)
@@ -116,9 +114,8 @@ def test_same_seed_same_files_other_seed_other_files():
 
 def test_cli_writes_the_task(tmp_path: Path):
     out = tmp_path / "br"
-    result = runner.invoke(
-        app,
-        [
+    result = cli(
+        *[
             "data",
             "synth",
             "brackets",
@@ -146,6 +143,6 @@ def test_cli_writes_the_task(tmp_path: Path):
     ],
 )
 def test_cli_refuses_bad_settings_with_exit_2(tmp_path: Path, args):
-    result = runner.invoke(app, ["data", "synth", *args, "--out", str(tmp_path / "x")])
+    result = cli(*["data", "synth", *args, "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert not (tmp_path / "x" / "truth.json").exists()

@@ -207,6 +207,7 @@ def _prepare_peak(tmp_path: Path, name: str, lines: int) -> tuple[int, int]:
     return size, peak
 
 
+@pytest.mark.slow
 def test_prepare_memory_does_not_grow_with_the_corpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
