@@ -72,7 +72,9 @@ class ModelConfig:
     # Share embedding and decoder weights; with embedding_dim != hidden_size the last layer's
     # output goes through a learned projection to embedding_dim first.
     tie_weights: bool = False
-    forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
+    # LSTM forget-gate bias at initialisation. 1 (Jozefowicz et al. 2015) helps long memories
+    # but learned language slower than 0 at every budget measured (docs/benchmarks.md).
+    forget_bias: float = 0.0
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
     # Decoder bias at initialisation: this times the log unigram frequencies of the training ids
