@@ -59,6 +59,8 @@ VARIANTS = {  # label: charlm settings laid over the case's
     "pytorch init": ["model.init=pytorch"],
     "pytorch init + forget 0": ["model.init=pytorch", "model.forget_bias=0"],
     "pytorch init + unigram 0.5": ["model.init=pytorch", "model.unigram_bias=0.5"],
+    "pytorch init + forget 0 + unigram 0.5": [
+        "model.init=pytorch", "model.forget_bias=0", "model.unigram_bias=0.5"],
     "pytorch init + lr 2e-3": ["model.init=pytorch", "optim.lr=2e-3"],
     "pytorch init + lr 2e-3 + unigram 0.5": [
         "model.init=pytorch", "optim.lr=2e-3", "model.unigram_bias=0.5"],
