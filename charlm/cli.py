@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Train, sample and evaluate character- and word-level recurrent language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # charlm --install-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Public corpora and synthetic tasks.", no_args_is_help=True)
@@ -121,9 +121,22 @@ def _root(
     _debug["on"] = debug or os.environ.get("CHARLM_DEBUG", "") not in ("", "0")
 
 
+def _complete_config(incomplete: str) -> list[str]:
+    """Shell completion for --config: the shipped configs' names (files complete as usual)."""
+    from charlm.config import shipped_configs
+
+    return [name for name in shipped_configs() if name.startswith(incomplete)]
+
+
 # Options shared by several commands, declared once so their help reads the same everywhere.
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (see configs/).")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML settings file, or a shipped config's name (charlm config list).",
+        autocompletion=_complete_config,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -398,6 +411,19 @@ def config_show(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
     from charlm.config import build_config, config_to_yaml
 
     print(config_to_yaml(build_config(config_file=config, overrides=overrides or [])), end="")
+
+
+@config_app.command("list")
+@handle_errors
+def config_list() -> None:
+    """The configs that ship with charlm: `--config NAME` uses one from any folder.
+
+    Example: charlm train --config quickstart --out runs/quick
+    """
+    from charlm.config import describe_config, shipped_configs
+
+    for name, path in shipped_configs().items():
+        print(f"{name:20s} {describe_config(path)}")
 
 
 @data_app.command("download")
