@@ -4,7 +4,7 @@
 # suite there: the floors are claims, and this is their test. Whatever else those packages need
 # resolves freely. torch stays at its constraints.txt pin unless CHARLM_FLOORS_TORCH=1 (its
 # floor's CPU build comes only from PyTorch's CPU index). Extra arguments go to pytest.
-#   bash scripts/check_floors.sh -x -q
+#   bash scripts/check_floors.sh -x -q          (Python 3.11 or later: it reads pyproject.toml with tomllib)
 # CHARLM_FLOORS_VENV picks the venv folder (default: a temporary one, removed afterwards);
 # CHARLM_FLOORS_EXTRA adds constraints ("click==8.1.8") to try a lower version of anything.
 set -euo pipefail
