@@ -576,5 +576,26 @@ def plot(
     say(f"wrote {plot_runs(runs, out)}")
 
 
+@app.command()
+@handle_errors
+def average(
+    run: Annotated[Path, typer.Argument(help="A run directory (train --out).")],
+    last: Annotated[int, typer.Option("--last", help="Average the N newest checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write (new).")],
+) -> None:
+    """Average the weights of a run's last N kept checkpoints into one checkpoint.
+
+    The result samples, evaluates and describes like a run (it has no optimizer state, so it
+    does not resume). Example:
+      charlm average runs/mine --last 3 --out runs/mine-avg3
+      charlm evaluate runs/mine-avg3 --text held_out.txt
+    """
+    from charlm.average import average_checkpoints
+
+    result = average_checkpoints(run, last, out)
+    steps = ", ".join(f"{s:,}" for s in result.steps)
+    say(f"wrote {result.path}: the mean of {len(result.sources)} checkpoints (steps {steps})")
+
+
 def main() -> None:
     app(prog_name="charlm")
