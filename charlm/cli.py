@@ -597,5 +597,34 @@ def average(
     say(f"wrote {result.path}: the mean of {len(result.sources)} checkpoints (steps {steps})")
 
 
+@app.command()
+@handle_errors
+def export(
+    run: RunArg,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="torchscript, or onnx (the onnx extra).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    which: WhichOpt = "best",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+) -> None:
+    """Export the model's one-token step (token + state -> logits + state) to run without charlm.
+
+    The file carries the tokenizer and a description of the state; it is checked against
+    charlm's own step before it is written (README: "Exporting").
+
+    Examples:
+      charlm export runs/mine --format torchscript --out mine.pt
+      charlm export runs/mine --format onnx --out mine.onnx
+    """
+    from charlm.export import export_checkpoint
+
+    result = export_checkpoint(run, fmt, out, which=_which(which), force=force)
+    say(
+        f"wrote {result.path}: {fmt}, matches charlm's step to {result.max_difference:.1e} "
+        f"over {result.steps_checked} steps"
+    )
+
+
 def main() -> None:
     app(prog_name="charlm")

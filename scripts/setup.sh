@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install charlm with its test tools, at the versions pinned in constraints.txt
-# (scripts/lock.sh refreshes it), so a new release upstream cannot change what CI installs.
+# Create .venv and install charlm with its test tools and the onnx extra, at the versions
+# pinned in constraints.txt (scripts/lock.sh refreshes it), so that a new release upstream
+# cannot change what CI installs.
 # Picks the right PyTorch build, at the pinned version:
 # - a torch >= 2.10 already in the venv is kept (with a warning when it is not the pinned one);
 # - with an NVIDIA GPU, PyPI's default (CUDA) build;
@@ -57,5 +58,5 @@ else
   echo "setup: warning: PyTorch's CPU index is out of reach; installing torch from PyPI (may be a large CUDA build)" >&2
   pip_q "${cflags[@]}" "$torch_req"
 fi
-pip_q "${cflags[@]}" -e ".[dev]"
+pip_q "${cflags[@]}" -e ".[dev,onnx]"  # onnx: the export tests run, never skip, in CI
 echo "setup: ready ($venv, torch $(torch_version)${constraints:+, pinned by $constraints})" >&2

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, cli, train_tiny, write_corpus
+from helpers import TINY, cli, readme_blocks, train_tiny, write_corpus
 from safetensors.torch import load_file
 
 from charlm.checkpoint import step_dirs
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def readme_block(heading: str) -> list[list[str]]:
-    """The commands of the first ```bash block under `heading` in README.md."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index(f"\n{heading}\n") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +62,7 @@ def test_the_readme_example_runs_as_written(
 ) -> None:
     monkeypatch.chdir(run.parents[1])  # holds runs/mine
     write_corpus(Path("."), name="held_out.txt")
-    commands = readme_block("## Averaging checkpoints")
+    commands = readme_blocks("## Averaging checkpoints")[0]
     assert [c[:2] for c in commands] == [
         ["charlm", "average"],
         ["charlm", "evaluate"],

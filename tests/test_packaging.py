@@ -145,11 +145,12 @@ def test_lock_pins_every_dependency_within_its_range() -> None:
             name, _, version = line.partition("==")
             assert version, f"constraints.txt: '{line}' is not an exact pin"
             pins[re.sub(r"[-_.]+", "-", name).lower()] = version
-    declared = requires("charlm-rnn")  # runtime and dev, as installed from pyproject.toml
+    declared = requires("charlm-rnn")  # runtime and extras, as installed from pyproject.toml
     assert any("extra ==" in text for text in declared)
     for text in declared:
         req = Requirement(text)
-        if req.marker is not None and not req.marker.evaluate({"extra": "dev"}):
+        extras = ("dev", "onnx")  # the ones scripts/setup.sh installs
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
             continue
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in pins, f"constraints.txt has no pin for {name}: run scripts/lock.sh"
@@ -158,8 +159,8 @@ def test_lock_pins_every_dependency_within_its_range() -> None:
 
 def test_shell_completion_is_on(tmp_path: Path) -> None:
     assert "--install-completion" in cli("--help").stdout
-    script = cli("--show-completion", "bash")
-    assert script.exit_code == 0 and "_CHARLM_COMPLETE=complete_bash" in script.stdout
+    shown = cli("--show-completion", "bash")
+    assert shown.exit_code == 0 and "_CHARLM_COMPLETE=complete_bash" in shown.stdout
 
     def complete(words: str) -> list[str]:
         result = run_charlm(
@@ -171,5 +172,10 @@ def test_shell_completion_is_on(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 
+    installed = run_charlm("--install-completion", "bash", cwd=tmp_path, HOME=str(tmp_path))
+    assert installed.returncode == 0, installed.stderr
+    script = (tmp_path / ".bash_completions" / "charlm.sh").read_text(encoding="utf-8")
+    assert "_CHARLM_COMPLETE=complete_bash" in script
+    assert "charlm.sh" in (tmp_path / ".bashrc").read_text(encoding="utf-8")
     assert complete("charlm config l") == ["list"]
     assert complete("charlm train --config tutorial") == ["tutorial-gru-fast", "tutorial-gru"]
