@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Train, sample and evaluate character- and word-level recurrent language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # charlm --install-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Public corpora and synthetic tasks.", no_args_is_help=True)
@@ -121,9 +121,22 @@ def _root(
     _debug["on"] = debug or os.environ.get("CHARLM_DEBUG", "") not in ("", "0")
 
 
+def _complete_config(incomplete: str) -> list[str]:
+    """Shell completion for --config: the shipped configs' names (files complete as usual)."""
+    from charlm.config import shipped_configs
+
+    return [name for name in shipped_configs() if name.startswith(incomplete)]
+
+
 # Options shared by several commands, declared once so their help reads the same everywhere.
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML settings file (see configs/).")
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML settings file, or a shipped config's name (charlm config list).",
+        autocompletion=_complete_config,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -407,6 +420,19 @@ def config_show(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
     print(config_to_yaml(build_config(config_file=config, overrides=overrides or [])), end="")
 
 
+@config_app.command("list")
+@handle_errors
+def config_list() -> None:
+    """The configs that ship with charlm: `--config NAME` uses one from any folder.
+
+    Example: charlm train --config quickstart --out runs/quick
+    """
+    from charlm.config import describe_config, shipped_configs
+
+    for name, path in shipped_configs().items():
+        print(f"{name:20s} {describe_config(path)}")
+
+
 @data_app.command("download")
 @handle_errors
 def data_download(
@@ -555,6 +581,56 @@ def plot(
     from charlm.plots import plot_runs
 
     say(f"wrote {plot_runs(runs, out)}")
+
+
+@app.command()
+@handle_errors
+def average(
+    run: Annotated[Path, typer.Argument(help="A run directory (train --out).")],
+    last: Annotated[int, typer.Option("--last", help="Average the N newest checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write (new).")],
+) -> None:
+    """Average the weights of a run's last N kept checkpoints into one checkpoint.
+
+    The result samples, evaluates and describes like a run (it has no optimizer state, so it
+    does not resume). Example:
+      charlm average runs/mine --last 3 --out runs/mine-avg3
+      charlm evaluate runs/mine-avg3 --text held_out.txt
+    """
+    from charlm.average import average_checkpoints
+
+    result = average_checkpoints(run, last, out)
+    steps = ", ".join(f"{s:,}" for s in result.steps)
+    say(f"wrote {result.path}: the mean of {len(result.sources)} checkpoints (steps {steps})")
+
+
+@app.command()
+@handle_errors
+def export(
+    run: RunArg,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="torchscript, or onnx (the onnx extra).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    which: WhichOpt = "best",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+) -> None:
+    """Export the model's one-token step (token + state -> logits + state) to run without charlm.
+
+    The file carries the tokenizer and a description of the state; it is checked against
+    charlm's own step before it is written (README: "Exporting").
+
+    Examples:
+      charlm export runs/mine --format torchscript --out mine.pt
+      charlm export runs/mine --format onnx --out mine.onnx
+    """
+    from charlm.export import export_checkpoint
+
+    result = export_checkpoint(run, fmt, out, which=_which(which), force=force)
+    say(
+        f"wrote {result.path}: {fmt}, matches charlm's step to {result.max_difference:.1e} "
+        f"over {result.steps_checked} steps"
+    )
 
 
 def main() -> None:

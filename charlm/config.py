@@ -79,7 +79,9 @@ class ModelConfig:
     # Share embedding and decoder weights; with embedding_dim != hidden_size the last layer's
     # output goes through a learned projection to embedding_dim first.
     tie_weights: bool = False
-    forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
+    # LSTM forget-gate bias at initialisation. 1 (Jozefowicz et al. 2015) helps long memories
+    # but learned language slower than 0 at every budget measured (docs/benchmarks.md).
+    forget_bias: float = 0.0
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
     # Decoder bias at initialisation: this times the log unigram frequencies of the training ids
@@ -435,6 +437,51 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}:{where}: malformed YAML ({problem})") from None
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that come with charlm, by name (`tutorial-gru`): the wheel carries them as
+    charlm/configs/; a checkout (or an editable install) has them in its top-level configs/."""
+    package = Path(__file__).resolve().parent
+    folders = [package / "configs"]
+    if (package.parent / "pyproject.toml").is_file():
+        folders.append(package.parent / "configs")
+    for folder in folders:
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def describe_config(path: Path) -> str:
+    """A config file's opening comment line (each shipped config starts with what it is)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            return line.lstrip("# ").strip() if line.lstrip().startswith("#") else ""
+    return ""
+
+
+def resolve_config_file(path: Path) -> Path:
+    """`--config` as given when that file exists; else a shipped config named by its bare name
+    (`tutorial-gru` or `tutorial-gru.yaml`) or by the checkout path the docs use
+    (`configs/tutorial-gru.yaml`, which so works from any folder once charlm is installed)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] == "configs"):
+        name = parts[-1].removesuffix(".yaml")
+        shipped = shipped_configs()
+        if name in shipped:
+            return shipped[name]
+    return path
+
+
+def _missing_config(path: Path) -> ConfigError:
+    names = ", ".join(shipped_configs()) or "none found"
+    return ConfigError(
+        f"{path}: config file not found; give a YAML file's path or a shipped config's name "
+        f"({names}: charlm config list)"
+    )
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Split `dotted.key=value`, parsing the value as a YAML scalar."""
     if "=" not in item:
@@ -468,7 +515,10 @@ def build_config(
     if base is not None:
         _merge(merged, _with_saved_defaults(base), "saved config", problems)
     if config_file is not None:
-        _merge(merged, read_yaml(config_file), str(config_file), problems)
+        path = resolve_config_file(config_file)
+        if not path.exists():
+            raise _missing_config(config_file)
+        _merge(merged, read_yaml(path), str(config_file), problems)
     for item in overrides:
         try:
             key, value = parse_override(item)

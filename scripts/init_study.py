@@ -57,8 +57,14 @@ CASES = {
 VARIANTS = {  # label: charlm settings laid over the case's
     "charlm 0.1 init": ["model.init=charlm"],
     "pytorch init": ["model.init=pytorch"],
-    "pytorch init, forget 0": ["model.init=pytorch", "model.forget_bias=0"],
-}
+    "pytorch init + forget 0": ["model.init=pytorch", "model.forget_bias=0"],
+    "pytorch init + unigram 0.5": ["model.init=pytorch", "model.unigram_bias=0.5"],
+    "pytorch init + forget 0 + unigram 0.5": [
+        "model.init=pytorch", "model.forget_bias=0", "model.unigram_bias=0.5"],
+    "pytorch init + lr 2e-3": ["model.init=pytorch", "optim.lr=2e-3"],
+    "pytorch init + lr 2e-3 + unigram 0.5": [
+        "model.init=pytorch", "optim.lr=2e-3", "model.unigram_bias=0.5"],
+}  # fmt: skip
 
 
 def prepare(name: str, work: Path) -> Path:

@@ -11,4 +11,4 @@ if [ -d "$out/checkpoints" ]; then
 else
   charlm train --config configs/quickstart.yaml --out "$out"
 fi
-charlm sample "$out" --length 600 --temperature 0.8 --seed 1
+charlm sample "$out" --prime "The " --length 600 --temperature 0.8 --seed 1

@@ -48,6 +48,8 @@ VARIANTS = {  # label: (environment, train.threads or None for charlm's own choi
     "2 ACTIVE": ({"OMP_WAIT_POLICY": "ACTIVE"}, 2),
     "2 spin=300k": ({"GOMP_SPINCOUNT": "300000"}, 2),
     "2 spin=10k": ({"GOMP_SPINCOUNT": "10000"}, 2),
+    "2 spin=3M": ({"GOMP_SPINCOUNT": "3000000"}, 2),
+    "2 spin=30M": ({"GOMP_SPINCOUNT": "30000000"}, 2),
 }
 _OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import shlex
 from pathlib import Path
 
 import torch
@@ -64,3 +66,22 @@ def cli(*args: str | Path) -> object:
 def train_tiny(*args: str | Path, steps: int) -> object:
     """`charlm train ARGS -q` with the TINY model for `steps` steps, in-process."""
     return cli("train", *args, "-q", *TINY, "--set", f"train.max_steps={steps}")
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_blocks(heading: str) -> list:
+    """The fenced blocks of README.md's section `heading`, in order: a bash block as a list of
+    commands (each split as the shell would), any other block as its text."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") + len(heading) + 2 :]
+    section = section[: section.find("\n## ")] if "\n## " in section else section
+    blocks = []
+    for language, body in re.findall(r"```(\w*)\n(.*?)```", section, re.S):
+        if language == "bash":
+            lines = [shlex.split(line, comments=True) for line in body.splitlines()]
+            blocks.append([line for line in lines if line])
+        else:
+            blocks.append(body)
+    return blocks

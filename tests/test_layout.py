@@ -57,7 +57,7 @@ FLOORS = [
     {"cells", "prepare", "schedules"},
     {"model"},
     {"checkpoint", "train_step"},
-    {"evaluate", "sample", "gradients", "runinfo", "resume"},
+    {"evaluate", "sample", "gradients", "runinfo", "resume", "average", "export"},
     {"plots", "train"},
     {"cli"},
     {"__main__"},

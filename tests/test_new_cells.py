@@ -140,7 +140,9 @@ def test_the_tutorial_gru_has_one_bias_per_gate_and_hard_gates() -> None:
 
 def test_peepholes_start_at_zero_as_a_plain_lstm() -> None:
     torch.manual_seed(0)
-    model = RNNLanguageModel(ModelConfig(cell="lstm-peephole", layers=1, hidden_size=H), V)
+    model = RNNLanguageModel(
+        ModelConfig(cell="lstm-peephole", layers=1, hidden_size=H, forget_bias=1.0), V
+    )
     assert not model.rnn.weight_peep_l0.any()
     w = model.layer_weights(0)
     assert float((w.b_ih + w.b_hh).detach()[H : 2 * H].min()) == 1.0  # the forget bias, as for lstm
