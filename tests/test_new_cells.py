@@ -169,3 +169,8 @@ def test_train_resume_sample_and_gradients(tmp_path: Path, cell: str) -> None:
     assert profile.exit_code == 0, profile.stderr
     record = json.loads(profile.stdout.strip().splitlines()[0])
     assert record["cell"] == cell and len(record["grad_norm"][0]) == 4
+    # The export checks its own step against charlm's (1e-5) before it writes the file.
+    out = tmp_path / "step.pt"
+    exported = cli("export", straight, "--format", "torchscript", "--out", out)
+    assert exported.exit_code == 0, exported.stderr
+    assert out.is_file()
