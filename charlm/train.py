@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,22 @@ from charlm.config import (
 )
 from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
-from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageError
+from charlm.errors import CheckpointError, TrainingStopped, UsageError
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.gradients import layer_grad_norms
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
 from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
+from charlm.preflight import (
+    DataPlan,
+    check_memory,
+    check_out_dir,
+    check_still_latest,
+    plan_data,
+    vocab_estimate,
+)
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
+from charlm.runlock import RunLock
 from charlm.stepguard import DeviceStepGuard
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -259,6 +269,7 @@ def train(
     run_dir = Path(run_dir)
     if resume and force:
         raise UsageError("--resume and --force contradict each other; pass one")
+    check_out_dir(run_dir)
     loaded: LoadedCheckpoint | None = None
     if resume:
         if not has_checkpoint(run_dir):
@@ -282,11 +293,26 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it, "
                 "--force to start over (its checkpoints are deleted), or another --out"
             )
+    # Every refusal is decided here, before the run directory is touched (docs: README,
+    # "Resuming and recovering").
+    plan = plan_data(
+        run_dir,
+        config,
+        loaded,
+        text,
+        data_dir,
+        _prepare_settings(config, val_file, errors),
+        show_progress and is_main_process(),
+    )
+    check_memory(config, vocab_estimate(config, loaded, plan))
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
-        result = _train(
-            run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress, errors
-        )
+        if loaded is not None:
+            _check_global_batch(loaded, config, dist.world_size, run_dir)
+        device = resolve_device(config.train.device, dist.local_rank)
+        with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
+        with _run_lock(run_dir, dist, loaded):
+            result = _train(run_dir, config, dist, loaded, plan, force, show_progress)
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
             # No orderly teardown of a broken group: it can block on the dead peer.
@@ -300,6 +326,23 @@ def train(
     return result
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process alone (before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _run_lock(run_dir: Path, dist: DistContext, loaded: LoadedCheckpoint | None) -> Iterator[None]:
+    """The main process holds the run's lock (runlock.py) for the whole of training."""
+    if not dist.is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        check_still_latest(run_dir, loaded)
+        yield
+
+
 def _prepared_settings(data_dir: Path) -> list[str]:
     """The data.* settings a prepared folder was made with, as overrides (absent: defaults)."""
     meta = load_prepared(data_dir).meta
@@ -311,39 +354,24 @@ def _prepared_settings(data_dir: Path) -> list[str]:
 
 
 def _load_data(
-    run_dir: Path,
     config: RunConfig,
     dist: DistContext,
     loaded: LoadedCheckpoint | None,
-    text: Path | None,
-    data_dir: Path | None,
-    val_file: Path | None,
+    plan: DataPlan,
     show: bool,
-    errors: str = "strict",
 ) -> PreparedData:
-    if data_dir is None and text is None and loaded is not None:
-        data_dir = Path(loaded.info["data_dir"])
-        if not (data_dir / "meta.json").is_file():
-            raise DataError(
-                f"{data_dir}: the prepared data this run trained on is gone; pass the text "
-                "again (charlm train TEXT --out RUN --resume) or --data DIR"
-            )
-    if data_dir is None:
-        data_dir = run_dir / "data"
+    """The run's data, prepared into RUN_DIR/data first if the plan says so (main process)."""
+    if plan.prepare is not None:
         if dist.is_main:
-            settings = _prepare_settings(config, val_file, errors)
-            prepare(text, data_dir, settings, show_progress=show)
+            prepare(
+                None, plan.data_dir, plan.prepare.settings, show_progress=show, plan=plan.prepare
+            )
         dist.barrier()
-    data = load_prepared(data_dir)
+    data = load_prepared(plan.data_dir)
     if loaded is not None and data.meta.get("cache_key") != loaded.meta.get("cache_key"):
-        raise UsageError(
-            f"{data_dir}: this is not the data the run was trained on (its input or preparation "
-            "settings differ); resume with the original text or --data folder"
-        )
-    if data.meta["level"] != config.data.level:
-        raise UsageError(
-            f"{data_dir}: prepared at level '{data.meta['level']}' but data.level is "
-            f"'{config.data.level}'; prepare again or set data.level={data.meta['level']}"
+        raise UsageError(  # checked before (preflight); this catches a change since
+            f"{plan.data_dir}: this is not the data the run was trained on; resume with the "
+            "original text or --data folder"
         )
     return data
 
@@ -590,12 +618,9 @@ def _train(
     config: RunConfig,
     dist: DistContext,
     loaded: LoadedCheckpoint | None,
-    text: Path | None,
-    data_dir: Path | None,
-    val_file: Path | None,
+    plan: DataPlan,
     force: bool,
     show_progress: bool,
-    errors: str = "strict",
 ) -> TrainResult:
     t = config.train
     show = show_progress and dist.is_main
@@ -605,7 +630,7 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:
             _clear_run(run_dir)
-    data = _load_data(run_dir, config, dist, loaded, text, data_dir, val_file, show, errors)
+    data = _load_data(config, dist, loaded, plan, show)
     if config.data.batching == "sentence" and device.type == "cpu":
         # oneDNN re-plans its RNN kernel for every new sequence length: ~3.5x slower on
         # sentence batches (measured, FACTS.md). The native kernel has no such cost.
@@ -658,7 +683,6 @@ def _train(
                 for name, p in model.named_parameters():
                     p.copy_(raw[name])
             averager.load(average, int(info["averaged_steps"]))
-        _check_global_batch(loaded, config, dist.world_size, run_dir)
         if batcher.carries_state:  # the same streams, whatever the split: re-shard exactly
             state = _shard_state(tensors, dist.rank * local_batch, local_batch, device)
         _rng_restore(info["rng"], tensors)
