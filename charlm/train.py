@@ -42,6 +42,7 @@ from charlm.distributed import DistContext, setup_distributed
 from charlm.errors import CheckpointError, TrainingStopped, UsageError
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.gradients import layer_grad_norms
+from charlm.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
 from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
 from charlm.preflight import (
@@ -673,6 +674,8 @@ def _train(
         step = int(info["step"])
         cursor = Cursor(**info["cursor"])
         best_val = info.get("best_val_loss")
+        if best_val is not None and not math.isfinite(best_val):
+            best_val = None  # saved by a version that let NaN be "best"
         counters.update(info.get("counters", {}))
         val_history = list(info.get("val_history", []))
         plateau.update(info.get("plateau", {}))
@@ -738,6 +741,11 @@ def _train(
         return make_result(nll, predicted, data.meta["val_tokens"], data.meta["val_chars"])
 
     def checkpoint(is_best: bool) -> None:
+        if not all_finite(model, optimizer):  # never saved as progress (README)
+            raise TrainingStopped(
+                f"step {step}: the weights are no longer finite, so they were not saved; "
+                + recovery_hint(run_dir, config.optim.lr)
+            )
         # Every process takes part: rank 0 saves the carried state of all streams and each
         # process's torch generator, so that a resume on another number of processes re-shards.
         carried = _gather_state(dist, state) if batcher.carries_state else state
@@ -782,6 +790,7 @@ def _train(
         dist.barrier()
 
     display = TrainingDisplay(total_steps, step, enabled=show)
+    explosion = ExplosionWatch()
     throughput = Throughput()
     started = time.perf_counter()
     last_val: EvalResult | None = None
@@ -819,9 +828,8 @@ def _train(
             )
         if seen["longest_streak"] >= t.max_bad_steps:
             raise TrainingStopped(
-                f"{seen['longest_streak']} non-finite steps in a row by step {step}; stopped. "
-                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                f"{seen['longest_streak']} non-finite steps in a row by step {step}; stopped; "
+                + recovery_hint(run_dir, config.optim.lr)
             )
 
     model.train()
@@ -919,9 +927,8 @@ def _train(
                         )
                         if bad_streak >= t.max_bad_steps:
                             raise TrainingStopped(
-                                f"{bad_streak} non-finite steps in a row at step {step + 1}; stopped. "
-                                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                                f"{bad_streak} non-finite steps in a row at step {step + 1}; "
+                                "stopped; " + recovery_hint(run_dir, config.optim.lr)
                             )
                 throughput.add(step_tokens)
                 cursor = next_cursor
@@ -950,6 +957,10 @@ def _train(
                         "tokens_per_s": rate,
                         "elapsed_s": time.perf_counter() - started,
                     }
+                    warning = explosion.check(step, mean_loss)
+                    if warning:
+                        record["warning"] = warning
+                        display.message(warning)
                     metrics.write(record)
                     display.update(
                         step,
@@ -964,7 +975,10 @@ def _train(
                 is_best = is_patience_spent = False
                 if step % t.eval_every == 0 or is_last:
                     last_val = validate()
-                    is_best = best_val is None or last_val.loss < best_val
+                    # A non-finite loss is never "best" (and never replaces a finite best).
+                    is_best = math.isfinite(last_val.loss) and (
+                        best_val is None or last_val.loss < best_val
+                    )
                     if is_best:
                         best_val = last_val.loss
                     was_averaging = averager.is_active
