@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from charlm.checkpoint import resolve_checkpoint
 from charlm.config import RunConfig
-from charlm.device import resolve_device
+from charlm.device import available_memory, resolve_device
 from charlm.errors import CheckpointError, DataError, UsageError, human_bytes
 from charlm.prepare import PreparePlan, PrepareSettings, load_prepared, plan_prepare
 
@@ -125,23 +123,6 @@ def memory_estimate(config: RunConfig, vocab: int) -> tuple[int, int]:
     state_bytes = 4 * params * (2 + _OPTIMIZER_COPIES[config.optim.name])
     per_token = m.layers * (_GATES[m.cell] + 2) * m.hidden_size + m.embedding_dim + 3 * vocab
     return params, state_bytes + 4 * t.batch_size * t.seq_len * per_token
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for training on `device` (CUDA: free device memory; else MemAvailable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
 
 
 def check_memory(config: RunConfig, vocab: int) -> None:

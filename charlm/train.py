@@ -703,6 +703,7 @@ def _train(
     metrics = MetricsLog(
         run_dir / "metrics.jsonl", truncate_after=step if loaded else None, enabled=dist.is_main
     )
+    metrics.write({"kind": "start", "step": step, "seed": t.seed, "resumed": loaded is not None})
     params = count_parameters(model)
     if show:
         stderr.print(
@@ -710,7 +711,7 @@ def _train(
             f"{params:,} parameters; {data.meta['level']} vocabulary {vocab_size:,}; "
             f"{len(data.train_ids):,} training tokens, {steps_per_epoch:,} steps per epoch; "
             f"{'resuming at step ' + str(step) + ', ' if loaded else ''}"
-            f"{total_steps:,} steps on {device.type}"
+            f"{total_steps:,} steps on {device.type}, seed {t.seed}"
             + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
             highlight=False,
         )
