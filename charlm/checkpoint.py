@@ -33,7 +33,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,7 @@ class LoadedCheckpoint:
     config: RunConfig
     meta: dict[str, Any]
     tokenizer_json: str
+    _optimizer: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def step(self) -> int:
@@ -318,7 +319,15 @@ class LoadedCheckpoint:
             )
         return model.to(device)
 
+    def preload_optimizer_state(self) -> None:
+        """Read (and so check) the optimizer state now, before anything is written; the next
+        `optimizer_state()` hands it over."""
+        self._optimizer = self.optimizer_state()
+
     def optimizer_state(self) -> dict[str, Any]:
+        if self._optimizer is not None:
+            state, self._optimizer = self._optimizer, None
+            return state
         path = self.path / "optimizer.pt"
         try:
             with warnings.catch_warnings():  # torch's warnings would advise the unsafe load

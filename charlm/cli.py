@@ -369,14 +369,23 @@ def sample(
 
     from charlm.sample import SampleOptions, Sampler
 
-    if seed is None:  # a random one, told, so that a good sample can be made again
-        seed = secrets.randbits(31)
-        say(f"charlm: seed {seed} (pass --seed {seed} for this sample again)")
+    drawn = seed is None  # then a random one, told, so that a good sample can be made again
     options = SampleOptions(
-        prime, length, temperature, top_k, top_p, seed, num_samples, sentences, min_words
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        secrets.randbits(31) if drawn else seed,
+        num_samples,
+        sentences,
+        min_words,
     )
     options.validate()
     sampler = Sampler(run, device=device, which=_which(which))
+    sampler.check_memory(options)
+    if drawn:
+        say(f"charlm: seed {options.seed} (pass --seed {options.seed} for this sample again)")
     streaming = num_samples == 1
 
     def emit(index: int, piece: str) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from charlm.checkpoint import CHECKPOINTS, has_checkpoint, resolve_checkpoint
 
-EXPLOSION_FACTOR = 100.0  # a logged loss this many times the first one is "exploding"
+EXPLOSION_FACTOR = 10.0  # a loss this many times a uniform guess's is "exploding"
 
 
 def all_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
@@ -40,23 +40,20 @@ def recovery_hint(run_dir: Path, lr: float) -> str:
 
 
 class ExplosionWatch:
-    """Warns once when the logged training loss grows EXPLOSION_FACTOR times over the first
-    one logged by this process (a rate too high for the model, before it turns non-finite)."""
+    """Warns once when the logged training loss grows EXPLOSION_FACTOR times over where
+    training starts: ln(vocabulary), the loss of a uniform guess (a rate too high for the
+    model sends it there within a few steps, long before anything turns non-finite)."""
 
-    def __init__(self) -> None:
-        self.first: float | None = None
+    def __init__(self, vocab_size: int) -> None:
+        self.start = math.log(max(vocab_size, 2))
         self.warned = False
 
     def check(self, step: int, loss: float) -> str | None:
-        if not math.isfinite(loss):
-            return None
-        if self.first is None:
-            self.first = max(loss, 1e-3)
-            return None
-        if self.warned or loss < EXPLOSION_FACTOR * self.first:
+        if self.warned or not math.isfinite(loss) or loss < EXPLOSION_FACTOR * self.start:
             return None
         self.warned = True
         return (
-            f"step {step}: the training loss exploded to {loss:.3g}, {loss / self.first:,.0f} "
-            f"times its first value {self.first:.3g}; lower optim.lr or set optim.clip_norm"
+            f"step {step}: the training loss exploded to {loss:.3g} nats, "
+            f"{loss / self.start:,.0f} times where it starts ({self.start:.3g}, a uniform "
+            "guess); lower optim.lr or set optim.clip_norm"
         )

@@ -283,6 +283,7 @@ def train(
             base=config_to_dict(loaded.config), config_file=config_file, overrides=overrides
         )
         _refuse_unsafe_changes(loaded.config, config, run_dir)
+        loaded.preload_optimizer_state()  # a damaged or unsafe file is refused now
     else:
         if data_dir is not None:
             # Prepared data says what it is: its level overrides the config file's (an
@@ -791,7 +792,7 @@ def _train(
         dist.barrier()
 
     display = TrainingDisplay(total_steps, step, enabled=show)
-    explosion = ExplosionWatch()
+    explosion = ExplosionWatch(vocab_size)
     throughput = Throughput()
     started = time.perf_counter()
     last_val: EvalResult | None = None
