@@ -48,7 +48,7 @@ def assert_points_somewhere_real(command: str, message: str) -> None:
     for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", message):
         assert flag in command_options(command), f"{command} has no {flag}: {message}"
     keys = set(all_keys())
-    for key in re.findall(r"\b(?:data|model|optim|train)\.[a-z_]+\b", message):
+    for key in re.findall(r"(?<![\w/.-])(?:data|model|optim|train)\.[a-z_]+\b", message):
         assert key in keys, f"no setting {key}: {message}"
 
 
@@ -58,8 +58,8 @@ def assert_one_line_refusal(result: object, command: str, code: int) -> str:
     assert "Traceback" not in err and "internal error" not in err, err
     lines = [line for line in err.splitlines() if line.startswith("charlm:")]  # not progress
     assert len(lines) == 1 and lines[0].startswith("charlm: error: "), err
-    assert_points_somewhere_real(command, err)
-    return err
+    assert_points_somewhere_real(command, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
