@@ -1,10 +1,11 @@
 """charlm: train, sample and evaluate character- and word-level recurrent language models."""
 
-import os
+import sys
 
-# OpenMP threads that spin while waiting collapse when the cores are shared: on a busy 2-core
-# machine a 2x32 GRU step ran 611 tokens/s with spinning threads against 27,924 with sleeping
-# ones (2x256: 3,584 vs 4,579). Set before torch loads its OpenMP runtime; a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from charlm import threads as _threads
+
+# OpenMP reads its wait policy once, when torch loads it: choose before anything imports torch
+# (a user's own OMP_* / GOMP_* setting wins). charlm/threads.py says why a bounded spin.
+_threads.OPENMP_POLICY = _threads.set_openmp_defaults(torch_loaded="torch" in sys.modules)
 
 __version__ = "0.1.0"

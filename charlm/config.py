@@ -60,6 +60,12 @@ _DROPOUTS = (
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Literal["gru", "lstm", "rnn"] = "gru"  # rnn is a plain tanh RNN, for comparison
+    # How the weights start (docs/benchmarks.md, "Initialisation"). pytorch: each module's own
+    # PyTorch default (embedding N(0, 1); decoder, its bias and the recurrent layers
+    # U(+-1/sqrt(H))); charlm: charlm 0.1's embedding U(+-0.1), decoder U(+-1/sqrt(H)) and zero
+    # bias, which learned slower; uniform: every weight and bias U(+-init_range) (Zaremba et al.).
+    init: Literal["pytorch", "charlm", "uniform"] = "pytorch"
+    init_range: float = 0.1  # init=uniform: the bound (Zaremba et al.: 0.1 small, 0.05 medium)
     layers: int = 2
     hidden_size: int = 128
     embedding_dim: int = 48
@@ -67,7 +73,9 @@ class ModelConfig:
     # Share embedding and decoder weights; with embedding_dim != hidden_size the last layer's
     # output goes through a learned projection to embedding_dim first.
     tie_weights: bool = False
-    forget_bias: float = 1.0  # LSTM forget-gate bias at initialisation (Jozefowicz et al. 2015)
+    # LSTM forget-gate bias at initialisation. 1 (Jozefowicz et al. 2015) helps long memories
+    # but learned language slower than 0 at every budget measured (docs/benchmarks.md).
+    forget_bias: float = 0.0
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
     # Decoder bias at initialisation: this times the log unigram frequencies of the training ids
@@ -93,6 +101,8 @@ class ModelConfig:
             problems.append(f"model.unigram_bias must be in [0, 1] (got {self.unigram_bias})")
         if not 0.0 <= self.leak < 1.0:
             problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
+        if not 0.0 < self.init_range <= 1.0:
+            problems.append(f"model.init_range must be in (0, 1] (got {self.init_range})")
         for name in _DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"model.{name} must be in [0, 1) (got {getattr(self, name)})")
@@ -112,8 +122,11 @@ class ModelConfig:
 class OptimConfig:
     # asgd: AWD-LSTM's NT-ASGD: plain SGD, then the running mean of the weights (used for
     # evaluation and sampling) once validation has not improved for `nonmono` evaluations.
-    name: Literal["rmsprop", "adam", "adamw", "asgd"] = "rmsprop"
+    # sgd: plain (or momentum / Nesterov) SGD, pytorch/examples' and Zaremba et al.'s recipes.
+    name: Literal["rmsprop", "adam", "adamw", "asgd", "sgd"] = "rmsprop"
     lr: float = 1e-3
+    momentum: float = 0.0  # name=sgd: heavy-ball momentum (0 = plain SGD)
+    nesterov: bool = False  # name=sgd: Nesterov's momentum (needs momentum > 0)
     alpha: float = 0.9  # RMSProp decay of the squared-gradient average (the tutorial's 0.9)
     eps: float = 1e-6
     weight_decay: float = 0.0
@@ -135,6 +148,15 @@ class OptimConfig:
             problems.append(f"optim.lr must be positive (got {self.lr})")
         if not 0.0 <= self.alpha < 1.0:
             problems.append(f"optim.alpha must be in [0, 1) (got {self.alpha})")
+        if not 0.0 <= self.momentum < 1.0:
+            problems.append(f"optim.momentum must be in [0, 1) (got {self.momentum})")
+        if self.momentum and self.name != "sgd":
+            problems.append(
+                f"optim.momentum applies to optim.name=sgd (got name={self.name}); "
+                "drop it or use --set optim.name=sgd"
+            )
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            problems.append("optim.nesterov needs optim.name=sgd and optim.momentum > 0")
         if self.eps <= 0:
             problems.append(f"optim.eps must be positive (got {self.eps})")
         for name in ("weight_decay", "clip_norm", "clip_value", "warmup_steps"):
@@ -470,7 +492,7 @@ def build_config(
     }
     problems: list[str] = []
     if base is not None:
-        _merge(merged, base, "saved config", problems)
+        _merge(merged, _with_saved_defaults(base), "saved config", problems)
     if config_file is not None:
         _merge(merged, read_yaml(config_file), str(config_file), problems)
     for item in overrides:
@@ -488,6 +510,21 @@ def build_config(
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+# Settings added after runs were first saved, with the value such a run actually used: a saved
+# config without the key means the old behaviour, not today's default.
+_SAVED_DEFAULTS = {("model", "init"): "charlm"}
+
+
+def _with_saved_defaults(base: Any) -> Any:
+    if not isinstance(base, dict):
+        return base
+    base = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for (section, key), value in _SAVED_DEFAULTS.items():
+        if isinstance(base.get(section), dict) and key not in base[section]:
+            base[section][key] = value
+    return base
 
 
 def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:

@@ -101,14 +101,43 @@ def _collect_builtin_text() -> str:
             continue
         for doc in _docstrings(tree):
             # Inherited and shared docstrings repeat; one-liners ("Return self.") add little.
-            if doc not in seen and len(doc.split()) > 3:
-                seen.add(doc)
-                docs.append(doc)
+            prose = _prose(doc)
+            if prose not in seen and len(prose.split()) > 3:
+                seen.add(prose)
+                docs.append(prose)
     # The pages of help("topics"): the language reference as plain text (a data module).
     from pydoc_data.topics import topics
 
-    docs.extend(topics[key].strip() for key in sorted(topics))
+    docs.extend(filter(None, (_prose(topics[key].strip()) for key in sorted(topics))))
     return "\n\n".join(docs) + "\n"
+
+
+def _is_prose(paragraph: str) -> bool:
+    """A paragraph of sentences: not code, a doctest, a table, a signature or a list of names.
+
+    A model trained on the docstrings imitated their ASCII tables and code (a sample was 63%
+    spaces and '|'); keeping sentences only makes its samples read as English."""
+    lines = paragraph.splitlines()
+    if any(
+        line.startswith((" ", "\t", ">>>", "...", "$ ", "|", "+-", "=", "-", "*", ":"))
+        for line in lines
+    ):
+        return False  # indented code, doctests, tables, rules, bullets, reST fields
+    words = paragraph.split()
+    letters = sum(c.isalpha() or c.isspace() for c in paragraph)
+    return (
+        len(words) >= 6
+        and letters >= 0.9 * len(paragraph)
+        and paragraph.rstrip()[-1:] in ".:!?)"
+        and sum(w[:1].isalpha() for w in words) >= 0.85 * len(words)
+        and not any(token in paragraph for token in ("()", "->", "==", "__", "[", "{", "\\"))
+    )
+
+
+def _prose(doc: str) -> str:
+    """The prose paragraphs of a docstring or help page, each folded onto one line."""
+    paragraphs = (p.strip() for p in doc.split("\n\n"))
+    return "\n".join(" ".join(p.split()) for p in paragraphs if p and _is_prose(p))
 
 
 @functools.cache
@@ -120,7 +149,9 @@ def builtin_corpus_text() -> str:
     patched at run time leaks in. Building takes 1-2 s, so the text is kept in cache_dir(),
     keyed by the Python version and the module list (a damaged or unwritable cache is ignored).
     """
-    recipe = json.dumps([sys.version, sysconfig.get_paths()["stdlib"], BUILTIN_MODULES])
+    # "prose-1": the paragraph filter (_is_prose); a new filter is a new recipe, so a cached
+    # text of an older recipe is never reused.
+    recipe = json.dumps([sys.version, sysconfig.get_paths()["stdlib"], BUILTIN_MODULES, "prose-1"])
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     path = cache_dir() / "builtin" / f"stdlib-docstrings-py{version}-{key}.txt"

@@ -104,14 +104,19 @@ class RNNLanguageModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise as the config asks; called once at construction, seeded by the caller."""
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        if not self.config.tie_weights:
-            bound = 1.0 / math.sqrt(self.config.hidden_size)
-            nn.init.uniform_(self.decoder.weight, -bound, bound)
-        nn.init.zeros_(self.decoder.bias)
-        if self.projection is not None:
-            bound = 1.0 / math.sqrt(self.config.hidden_size)
-            nn.init.uniform_(self.projection.weight, -bound, bound)
+        if self.config.init == "charlm":
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            if not self.config.tie_weights:
+                bound = 1.0 / math.sqrt(self.config.hidden_size)
+                nn.init.uniform_(self.decoder.weight, -bound, bound)
+            nn.init.zeros_(self.decoder.bias)
+            if self.projection is not None:
+                bound = 1.0 / math.sqrt(self.config.hidden_size)
+                nn.init.uniform_(self.projection.weight, -bound, bound)
+        elif self.config.init == "uniform":
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
+        # init=pytorch keeps what the modules drew when they were built.
         hidden = self.config.hidden_size
         for layer in range(self.config.layers):
             w_hh = getattr(self.rnn, f"weight_hh_l{layer}")

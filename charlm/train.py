@@ -57,6 +57,7 @@ from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
 from charlm.runlock import RunLock
 from charlm.stepguard import DeviceStepGuard
+from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -79,7 +80,19 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.O
         return torch.optim.Adam(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
     if optim.name == "asgd":  # plain SGD; the averaging is WeightAverager's, once triggered
         return torch.optim.SGD(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    return torch.optim.AdamW(params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+        )
+    if optim.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=optim.lr, eps=optim.eps, weight_decay=optim.weight_decay
+        )
+    raise UsageError(f"unknown optimiser optim.name={optim.name!r}")
 
 
 def learning_rate(
@@ -563,6 +576,26 @@ def _restore_rank_rng(
         torch.cuda.set_rng_state(saved_cuda[dist.rank].clone(), device)
 
 
+def _thread_governor(
+    config: RunConfig,
+    vocab_size: int,
+    local_batch: int,
+    dist: DistContext,
+    device: torch.device,
+    meter: LoadMeter,
+) -> ThreadGovernor:
+    """train.threads on a CPU (charlm/threads.py); processes of one machine share its cores."""
+    m = config.model
+    macs = step_macs(m.cell, m.layers, m.hidden_size, m.embedding_dim, vocab_size, local_batch)
+    if device.type != "cpu":
+        macs = 0  # the host only launches work: one thread
+    requested = config.train.threads
+    if dist.is_distributed and not requested:  # torchrun: a fixed share of the cores each
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        requested = max(1, torch.get_num_threads() // max(1, local))
+    return ThreadGovernor(requested, macs, set_threads, torch.get_num_threads(), meter)
+
+
 def _evaluate_split(
     model: RNNLanguageModel,
     ids: np.ndarray,
@@ -627,7 +660,7 @@ def _train(
     t = config.train
     show = show_progress and dist.is_main
     device = resolve_device(t.device, dist.local_rank)
-    set_threads(t.threads)
+    load_meter = LoadMeter()  # judges the machine's load while the data loads
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:
@@ -650,8 +683,10 @@ def _train(
         total_steps = min(total_steps, math.ceil(t.epochs * steps_per_epoch))
     total_steps = int(total_steps)
 
-    seed_everything(t.seed)
     vocab_size = int(data.meta["vocab_size"])
+    threads = _thread_governor(config, vocab_size, local_batch, dist, device, load_meter)
+    threads.start()
+    seed_everything(t.seed)
     model = RNNLanguageModel(config.model, vocab_size)
     if config.model.unigram_bias and loaded is None:
         model.init_output_bias(data.train_ids, config.model.unigram_bias)
@@ -728,6 +763,8 @@ def _train(
             f"{t.grad_accum} = {global_batch} {unit}, {tokens} tokens per step",
             highlight=False,
         )
+        if device.type == "cpu":
+            stderr.print(f"cpu: {threads.describe()}; {OPENMP_POLICY}", highlight=False)
 
     special = data.meta.get("special_ids", {})
     tokenizer_json = (data.data_dir / "tokenizer.json").read_text(encoding="utf-8")
@@ -958,12 +995,16 @@ def _train(
                         "bad_steps": counters["bad_steps"],
                         "tokens_per_s": rate,
                         "elapsed_s": time.perf_counter() - started,
+                        "threads": threads.threads,
                     }
                     warning = explosion.check(step, mean_loss)
                     if warning:
                         record["warning"] = warning
                         display.message(warning)
                     metrics.write(record)
+                    change = threads.check()
+                    if change is not None:
+                        display.message(f"cpu: {change.threads} thread(s): {change.reason}")
                     display.update(
                         step,
                         f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {last_grad_norm:.2f}  "

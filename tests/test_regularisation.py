@@ -218,6 +218,7 @@ def asgd_settings(*extra: str) -> list[str]:
         "train.eval_every=2",
         "train.checkpoint_every=4",
         "train.eval_batches=2",
+        "model.init=charlm",  # a trajectory whose averaging starts before step 12
         *extra,
     )
 

@@ -1,0 +1,220 @@
+"""The defaults users meet first: the optimiser table with plain SGD, the initialisation schemes,
+and the CPU thread choice."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from charlm.config import ModelConfig, OptimConfig, build_config, config_to_dict
+from charlm.errors import ConfigError
+from charlm.model import RNNLanguageModel
+from charlm.train import build_optimizer
+from tests.helpers import TINY, cli, train_tiny, write_corpus
+
+
+def test_sgd_with_momentum_and_nesterov_builds_torch_sgd() -> None:
+    model = torch.nn.Linear(3, 2)
+    config = build_config(
+        overrides=["optim.name=sgd", "optim.lr=20", "optim.momentum=0.9", "optim.nesterov=true"]
+    )
+    optimizer = build_optimizer(model, config.optim)
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (20.0, 0.9, True)
+
+
+def test_plain_sgd_step_is_lr_times_gradient() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    before = model.weight.detach().clone()
+    optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.5))
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    assert torch.allclose(model.weight, before - 0.5 * torch.ones(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.momentum=0.9"], "optim.momentum applies to optim.name=sgd"),
+        (["optim.name=sgd", "optim.nesterov=true"], "optim.nesterov needs"),
+        (["optim.name=sgd", "optim.momentum=1.5"], "optim.momentum must be in [0, 1)"),
+        (["optim.name=lion"], "optim.name: 'lion' is not one of"),
+    ],
+)
+def test_bad_optimiser_settings_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        build_config(overrides=overrides)
+
+
+def test_build_optimizer_refuses_a_name_outside_its_table() -> None:
+    bogus = OptimConfig.__new__(OptimConfig)
+    object.__setattr__(bogus, "name", "lion")
+    with pytest.raises(Exception, match="unknown optimiser"):
+        build_optimizer(torch.nn.Linear(1, 1), bogus)
+
+
+def test_sgd_trains_through_the_cli(tmp_path) -> None:
+    corpus = write_corpus(tmp_path)
+    result = train_tiny(
+        corpus, "--out", tmp_path / "run", "--set", "optim.name=sgd", "--set", "optim.lr=1",
+        "--set", "optim.momentum=0.9", steps=20,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"val_loss"' in line for line in lines)
+
+
+def _model(init: str, **kwargs) -> RNNLanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(init=init, hidden_size=64, embedding_dim=32, **kwargs)
+    return RNNLanguageModel(config, vocab_size=500)
+
+
+def test_charlm_init_is_the_old_scheme() -> None:
+    model = _model("charlm")
+    assert model.embedding.weight.abs().max() <= 0.1
+    assert torch.count_nonzero(model.decoder.bias) == 0
+    assert model.decoder.weight.abs().max() <= 1 / math.sqrt(64)
+
+
+def test_pytorch_init_keeps_the_modules_own_defaults() -> None:
+    model = _model("pytorch")
+    assert 0.9 < model.embedding.weight.std().item() < 1.1  # nn.Embedding: N(0, 1)
+    assert torch.count_nonzero(model.decoder.bias) > 0  # nn.Linear: U(+-1/sqrt(fan_in))
+    assert model.decoder.bias.abs().max() <= 1 / math.sqrt(64)
+
+
+def test_lstm_forget_bias_applies_under_every_init() -> None:
+    for init in ("pytorch", "charlm"):
+        model = _model(init, cell="lstm", forget_bias=1.0)
+        total = model.rnn.bias_ih_l0[64:128] + model.rnn.bias_hh_l0[64:128]
+        assert torch.allclose(total, torch.ones(64)), init
+
+
+def test_a_saved_config_without_init_means_the_scheme_it_was_trained_with() -> None:
+    saved = config_to_dict(build_config())
+    del saved["model"]["init"]
+    assert build_config(base=saved).model.init == "charlm"
+    assert build_config().model.init == ModelConfig().init  # a new run gets today's default
+
+
+class FakeMeter:
+    """Other programs' load, in cores, as the test dictates."""
+
+    def __init__(self, *loads: float | None) -> None:
+        self.loads = list(loads)
+
+    def others(self) -> float | None:
+        return self.loads.pop(0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _governor(requested: int = 0, macs: int = 1 << 24, loads=(0.0,), environ=None):
+    from charlm.threads import ThreadGovernor
+
+    applied: list[int] = []
+    clock = FakeClock()
+    governor = ThreadGovernor(
+        requested, macs, applied.append, 2, meter=FakeMeter(*loads), clock=clock,
+        environ={} if environ is None else environ,
+    )  # fmt: skip
+    clock.now += 1.0  # the first window has passed: start() does not wait
+    return governor, applied, clock
+
+
+def test_idle_machine_trains_on_every_core_and_drops_to_one_when_busy() -> None:
+    governor, applied, clock = _governor(loads=(0.1, 1.0, 1.0, 0.05))
+    assert governor.start() is None and applied == [2]
+    assert governor.check() is None  # less than MIN_WINDOW_S since the last judgement
+    clock.now += 2.0
+    change = governor.check()
+    assert change is not None and change.threads == 1 and "1.0 cores" in change.reason
+    clock.now += 2.0
+    assert governor.check() is None  # still busy: stays on one
+    clock.now += 2.0
+    assert governor.check().threads == 2 and applied == [2, 1, 2]
+    assert "2 threads" in governor.describe()
+
+
+def test_a_busy_start_trains_on_one_thread() -> None:
+    governor, applied, _ = _governor(loads=(1.2,))
+    change = governor.start()
+    assert change is not None and change.threads == 1 and applied == [2, 1]
+    assert governor.describe().startswith("1 thread (auto")
+
+
+def test_small_steps_train_on_one_thread_without_watching_the_load() -> None:
+    governor, applied, clock = _governor(macs=4096, loads=())
+    assert governor.start() is None and applied == [1]
+    clock.now += 10
+    assert governor.check() is None  # FakeMeter would fail if it were asked
+    assert "too small to split" in governor.describe()
+
+
+@pytest.mark.parametrize(
+    ("requested", "environ", "expected"), [(3, {}, 3), (0, {"OMP_NUM_THREADS": "1"}, 2)]
+)
+def test_a_users_thread_count_is_kept_whatever_the_load(requested, environ, expected) -> None:
+    governor, applied, clock = _governor(requested, loads=(), environ=environ)
+    governor.start()
+    clock.now += 10
+    assert governor.check() is None and applied == [expected]
+    assert "as set" in governor.describe()
+
+
+def test_openmp_defaults_yield_to_any_user_setting() -> None:
+    from charlm.threads import DEFAULT_SPINCOUNT, set_openmp_defaults
+
+    environ: dict[str, str] = {}
+    assert "spin" in set_openmp_defaults(environ)
+    assert environ == {"GOMP_SPINCOUNT": DEFAULT_SPINCOUNT}
+    mine = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert "OMP_WAIT_POLICY=PASSIVE" in set_openmp_defaults(mine)
+    assert mine == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert "before charlm" in set_openmp_defaults({}, torch_loaded=True)
+
+
+def test_load_meter_reads_other_programs_cpu_time_on_linux() -> None:
+    from charlm.threads import LoadMeter
+
+    meter = LoadMeter()
+    if meter.last is None:
+        pytest.skip("no /proc/stat on this system")
+    others = meter.others()
+    assert others is None or 0.0 <= others <= (os.cpu_count() or 1) + 0.01
+
+
+def test_training_header_names_threads_and_openmp_policy(tmp_path) -> None:
+    corpus = write_corpus(tmp_path)
+    result = cli("train", corpus, "--out", tmp_path / "run", *TINY, "--set", "train.max_steps=5")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stderr.splitlines() if x.startswith("cpu:"))
+    assert "thread" in line and "OpenMP" in line
+
+
+def test_uniform_init_bounds_every_weight_and_bias() -> None:
+    model = _model("uniform", cell="lstm", forget_bias=0.0, init_range=0.05)
+    for name, parameter in model.named_parameters():
+        assert parameter.abs().max() <= 0.05, name
+    assert model.embedding.weight.std() > 0.02  # drawn, not zeroed
+
+
+def test_every_shipped_config_loads() -> None:
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    assert {"wlm-wikitext2.yaml", "zaremba-small.yaml"} <= {c.name for c in configs}
+    for path in configs:
+        build_config(config_file=path)
+    assert build_config(config_file=configs[0].parent / "wlm-wikitext2.yaml").optim.name == "sgd"
