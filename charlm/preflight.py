@@ -15,7 +15,8 @@ from charlm.prepare import PreparePlan, PrepareSettings, load_prepared, plan_pre
 
 CHAR_VOCAB_GUESS = 256  # a char vocabulary's size is known only once prepared; most are below
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-_OPTIMIZER_COPIES = {"rmsprop": 1, "adam": 2, "adamw": 2, "asgd": 1}  # asgd: the running mean
+# Weight-sized optimizer buffers (asgd: the running mean; sgd: the momentum); others count 2.
+_OPTIMIZER_COPIES = {"rmsprop": 1, "adam": 2, "adamw": 2, "asgd": 1, "sgd": 1}
 
 
 @dataclass
@@ -120,7 +121,7 @@ def memory_estimate(config: RunConfig, vocab: int) -> tuple[int, int]:
     the logits with their softmax and gradient)."""
     m, t = config.model, config.train
     params = parameter_estimate(config, vocab)
-    state_bytes = 4 * params * (2 + _OPTIMIZER_COPIES[config.optim.name])
+    state_bytes = 4 * params * (2 + _OPTIMIZER_COPIES.get(config.optim.name, 2))
     per_token = m.layers * (_GATES[m.cell] + 2) * m.hidden_size + m.embedding_dim + 3 * vocab
     return params, state_bytes + 4 * t.batch_size * t.seq_len * per_token
 
