@@ -90,14 +90,13 @@ def _check_same_data(source: Path, cache_key: str | None, loaded: Any) -> None:
         )
 
 
-def vocab_estimate(config: RunConfig, loaded: Any, plan: DataPlan) -> int:
-    """The vocabulary size if known (checkpoint, prepared data), else what the settings allow."""
+def vocab_estimate(config: RunConfig, loaded: Any, data_dir: Path | None) -> int:
+    """The vocabulary size if known (checkpoint, prepared data), else what the settings allow:
+    known before any text is read, so a model too large is refused without reading it."""
     if loaded is not None:
         return int(loaded.meta["vocab_size"])
-    if plan.prepare is None:
-        return int(load_prepared(plan.data_dir).meta["vocab_size"])
-    if plan.prepare.reuse and plan.prepare.existing_meta:
-        return int(plan.prepare.existing_meta["vocab_size"])
+    if data_dir is not None:
+        return int(load_prepared(data_dir).meta["vocab_size"])
     return CHAR_VOCAB_GUESS if config.data.level == "char" else config.data.vocab_size
 
 

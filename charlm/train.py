@@ -310,6 +310,7 @@ def train(
             )
     # Every refusal is decided here, before the run directory is touched (docs: README,
     # "Resuming and recovering").
+    check_memory(config, vocab_estimate(config, loaded, data_dir))
     plan = plan_data(
         run_dir,
         config,
@@ -319,7 +320,6 @@ def train(
         _prepare_settings(config, val_file, errors),
         show_progress and is_main_process(),
     )
-    check_memory(config, vocab_estimate(config, loaded, plan))
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         if loaded is not None:
