@@ -192,7 +192,7 @@ def profile_run(
     from charlm.tokenizer import Encoder
 
     loaded = load_checkpoint(run, which)
-    model = loaded.build_model(resolve_device(device))
+    model = loaded.build_model(resolve_device(device, flag="--device"))
     tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
     raw = read_text(text, csv_column=loaded.config.data.csv_column)
     ids = Encoder(tokenizer, loaded.meta["level"]).encode(raw)
@@ -228,7 +228,7 @@ def profile_config(
     model = RNNLanguageModel(config.model, tokenizer.get_vocab_size())
     if config.model.unigram_bias:
         model.init_output_bias(ids, config.model.unigram_bias)
-    model = model.to(resolve_device(device))
+    model = model.to(resolve_device(device, flag="--device"))
     name = f"{config.model.cell} (initial)" if config_file is None else f"{config_file} (initial)"
     return measure_model(model, ids, source=name, **options)
 

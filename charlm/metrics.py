@@ -26,8 +26,9 @@ class MetricsLog:
     """Append-only JSONL; each record is flushed so a crash loses at most the line being written.
 
     Training records: kind="train", step, loss, lr, grad_norm (before clipping), clipped_fraction,
-    tokens_per_s, elapsed_s. Validation records: kind="val", step, val_loss, val_perplexity,
-    val_bits_per_char. Records past `truncate_after` (a resumed run's checkpoint step) are dropped
+    tokens_per_s, elapsed_s, and `warning` when the loss exploded. Validation records:
+    kind="val", step, val_loss, val_perplexity, val_bits_per_char. Each start (and resume) of
+    training: kind="start", step, seed, resumed. Records past `truncate_after` (a resumed run's checkpoint step) are dropped
     first, so a resumed run's log reads as if it had never stopped.
     """
 

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
-from charlm.textsource import TextSource, find_split, split_chunks
+from charlm.textsource import Scan, TextSource, find_split, split_chunks
 from charlm.tokenizer import (
     SEGMENTS,
     WORD_SPLITS,
@@ -225,16 +225,36 @@ def _write_ids(
     return [(tokens, largest) for tokens, largest in counts]
 
 
-def prepare(
-    source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
-) -> dict:
-    """Read, split, tokenize and write `out_dir`; returns its meta. `source` None = built-in.
+@dataclass
+class PreparePlan:
+    """What `prepare` decided before writing anything: the input read and checked, the split,
+    the cache key, and whether `out_dir` already holds exactly this (`reuse`)."""
 
-    Reuses `out_dir` when its cache_key (input hash + settings + format) matches; replaces an
-    older prepared dataset there, but refuses a non-empty folder without meta.json. Files are
-    written under temporary names and renamed, meta.json last, so a half-written folder never
-    looks complete. Messages and progress go to stderr when `show_progress`.
-    """
+    out_dir: Path
+    settings: PrepareSettings
+    corpus: TextSource
+    scan: Scan
+    val_corpus: TextSource | None
+    val_scan: Scan | None
+    cut: int
+    cache_key: str
+    existing_meta: dict | None
+
+    @property
+    def reuse(self) -> bool:
+        meta = self.existing_meta
+        return (
+            meta is not None
+            and meta.get("cache_key") == self.cache_key
+            and _is_complete(self.out_dir, meta)
+        )
+
+
+def plan_prepare(
+    source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
+) -> PreparePlan:
+    """Every check `prepare` makes, with nothing written: settings, the output folder, the input
+    (read once: UTF-8, not binary, not empty, both parts non-empty) and its cache key."""
     settings.validate()
     report = _Reporter(show_progress)
     out_dir = Path(out_dir)
@@ -256,32 +276,54 @@ def prepare(
         corpus = TextSource(Path(source), settings.errors, settings.csv_column)
     with report.bar(f"reading {corpus.name}", corpus.raw_bytes, "bytes") as advance:
         scan = corpus.scan(advance)
-    input_sha256, source_name, total_chars = scan.sha256, corpus.name, scan.chars
-    val_sha256 = None
+    val_corpus, val_scan, cut = None, None, scan.chars
     if settings.val_file is not None:
         val_corpus = TextSource(Path(settings.val_file), settings.errors, settings.csv_column)
         val_scan = val_corpus.scan()
-        val_sha256 = val_scan.sha256
-        cut = total_chars
     else:
-        val_corpus = None
-        cut = find_split(corpus.pieces(), total_chars, settings.val_fraction)
+        cut = find_split(corpus.pieces(), scan.chars, settings.val_fraction)
         for part, has_text, fix in (
             ("validation", scan.last_text >= cut, "larger"),
             ("training", 0 <= scan.first_text < cut, "smaller"),
         ):
             if not has_text:
                 raise DataError(
-                    f"{source_name}: the {part} part is empty (val_fraction "
-                    f"{settings.val_fraction} of {total_chars:,} characters); pass a {fix} "
+                    f"{corpus.name}: the {part} part is empty (val_fraction "
+                    f"{settings.val_fraction} of {scan.chars:,} characters); pass a {fix} "
                     "--val-fraction, a --val-file, or a bigger corpus"
                 )
+    cache_key = _cache_key(scan.sha256, val_scan and val_scan.sha256, settings)
+    return PreparePlan(
+        out_dir, settings, corpus, scan, val_corpus, val_scan, cut, cache_key, existing_meta
+    )
 
-    cache_key = _cache_key(input_sha256, val_sha256, settings)
-    if existing_meta is not None and existing_meta.get("cache_key") == cache_key:
-        if _is_complete(out_dir, existing_meta):
-            report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
-            return existing_meta
+
+def prepare(
+    source: Path | None,
+    out_dir: Path,
+    settings: PrepareSettings,
+    show_progress: bool = True,
+    plan: PreparePlan | None = None,
+) -> dict:
+    """Read, split, tokenize and write `out_dir`; returns its meta. `source` None = built-in.
+
+    Reuses `out_dir` when its cache_key (input hash + settings + format) matches; replaces an
+    older prepared dataset there, but refuses a non-empty folder without meta.json. Files are
+    written under temporary names and renamed, meta.json last, so a half-written folder never
+    looks complete. Messages and progress go to stderr when `show_progress`. `plan` (from
+    `plan_prepare`, for the same arguments) saves reading the input again.
+    """
+    if plan is None:
+        plan = plan_prepare(source, out_dir, settings, show_progress)
+    report = _Reporter(show_progress)
+    out_dir = plan.out_dir
+    if plan.reuse:
+        report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
+        return plan.existing_meta  # type: ignore[return-value]
+    settings, corpus, cut, total_chars = plan.settings, plan.corpus, plan.cut, plan.scan.chars
+    val_corpus, val_scan, source_name = plan.val_corpus, plan.val_scan, corpus.name
+    input_sha256, cache_key = plan.scan.sha256, plan.cache_key
+    val_sha256 = val_scan.sha256 if val_scan is not None else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # From here on the folder is being rewritten: without meta.json it never looks complete.

@@ -8,8 +8,8 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,23 @@ from charlm.config import (
 )
 from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
-from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageError
+from charlm.errors import CheckpointError, TrainingStopped, UsageError
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.gradients import layer_grad_norms
+from charlm.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr
 from charlm.model import RNNLanguageModel, State, count_parameters, detach_state
+from charlm.preflight import (
+    DataPlan,
+    check_memory,
+    check_out_dir,
+    check_still_latest,
+    plan_data,
+    vocab_estimate,
+)
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager, activation_penalty, should_start_averaging
+from charlm.runlock import RunLock
 from charlm.stepguard import DeviceStepGuard
 from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 
@@ -273,6 +283,7 @@ def train(
     run_dir = Path(run_dir)
     if resume and force:
         raise UsageError("--resume and --force contradict each other; pass one")
+    check_out_dir(run_dir)
     loaded: LoadedCheckpoint | None = None
     if resume:
         if not has_checkpoint(run_dir):
@@ -285,6 +296,7 @@ def train(
             base=config_to_dict(loaded.config), config_file=config_file, overrides=overrides
         )
         _refuse_unsafe_changes(loaded.config, config, run_dir)
+        loaded.preload_optimizer_state()  # a damaged or unsafe file is refused now
     else:
         if data_dir is not None:
             # Prepared data says what it is: its level overrides the config file's (an
@@ -296,11 +308,26 @@ def train(
                 f"{run_dir} already holds a run; pass --resume to continue it, "
                 "--force to start over (its checkpoints are deleted), or another --out"
             )
+    # Every refusal is decided here, before the run directory is touched (docs: README,
+    # "Resuming and recovering").
+    check_memory(config, vocab_estimate(config, loaded, data_dir))
+    plan = plan_data(
+        run_dir,
+        config,
+        loaded,
+        text,
+        data_dir,
+        _prepare_settings(config, val_file, errors),
+        show_progress and is_main_process(),
+    )
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
-        result = _train(
-            run_dir, config, dist, loaded, text, data_dir, val_file, force, show_progress, errors
-        )
+        if loaded is not None:
+            _check_global_batch(loaded, config, dist.world_size, run_dir)
+        device = resolve_device(config.train.device, dist.local_rank)
+        with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
+        with _run_lock(run_dir, dist, loaded):
+            result = _train(run_dir, config, dist, loaded, plan, force, show_progress)
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
             # No orderly teardown of a broken group: it can block on the dead peer.
@@ -314,6 +341,23 @@ def train(
     return result
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process alone (before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _run_lock(run_dir: Path, dist: DistContext, loaded: LoadedCheckpoint | None) -> Iterator[None]:
+    """The main process holds the run's lock (runlock.py) for the whole of training."""
+    if not dist.is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        check_still_latest(run_dir, loaded)
+        yield
+
+
 def _prepared_settings(data_dir: Path) -> list[str]:
     """The data.* settings a prepared folder was made with, as overrides (absent: defaults)."""
     meta = load_prepared(data_dir).meta
@@ -325,39 +369,24 @@ def _prepared_settings(data_dir: Path) -> list[str]:
 
 
 def _load_data(
-    run_dir: Path,
     config: RunConfig,
     dist: DistContext,
     loaded: LoadedCheckpoint | None,
-    text: Path | None,
-    data_dir: Path | None,
-    val_file: Path | None,
+    plan: DataPlan,
     show: bool,
-    errors: str = "strict",
 ) -> PreparedData:
-    if data_dir is None and text is None and loaded is not None:
-        data_dir = Path(loaded.info["data_dir"])
-        if not (data_dir / "meta.json").is_file():
-            raise DataError(
-                f"{data_dir}: the prepared data this run trained on is gone; pass the text "
-                "again (charlm train TEXT --out RUN --resume) or --data DIR"
-            )
-    if data_dir is None:
-        data_dir = run_dir / "data"
+    """The run's data, prepared into RUN_DIR/data first if the plan says so (main process)."""
+    if plan.prepare is not None:
         if dist.is_main:
-            settings = _prepare_settings(config, val_file, errors)
-            prepare(text, data_dir, settings, show_progress=show)
+            prepare(
+                None, plan.data_dir, plan.prepare.settings, show_progress=show, plan=plan.prepare
+            )
         dist.barrier()
-    data = load_prepared(data_dir)
+    data = load_prepared(plan.data_dir)
     if loaded is not None and data.meta.get("cache_key") != loaded.meta.get("cache_key"):
-        raise UsageError(
-            f"{data_dir}: this is not the data the run was trained on (its input or preparation "
-            "settings differ); resume with the original text or --data folder"
-        )
-    if data.meta["level"] != config.data.level:
-        raise UsageError(
-            f"{data_dir}: prepared at level '{data.meta['level']}' but data.level is "
-            f"'{config.data.level}'; prepare again or set data.level={data.meta['level']}"
+        raise UsageError(  # checked before (preflight); this catches a change since
+            f"{plan.data_dir}: this is not the data the run was trained on; resume with the "
+            "original text or --data folder"
         )
     return data
 
@@ -624,12 +653,9 @@ def _train(
     config: RunConfig,
     dist: DistContext,
     loaded: LoadedCheckpoint | None,
-    text: Path | None,
-    data_dir: Path | None,
-    val_file: Path | None,
+    plan: DataPlan,
     force: bool,
     show_progress: bool,
-    errors: str = "strict",
 ) -> TrainResult:
     t = config.train
     show = show_progress and dist.is_main
@@ -639,7 +665,7 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if force:
             _clear_run(run_dir)
-    data = _load_data(run_dir, config, dist, loaded, text, data_dir, val_file, show, errors)
+    data = _load_data(config, dist, loaded, plan, show)
     if config.data.batching == "sentence" and device.type == "cpu":
         # oneDNN re-plans its RNN kernel for every new sequence length: ~3.5x slower on
         # sentence batches (measured, FACTS.md). The native kernel has no such cost.
@@ -684,6 +710,8 @@ def _train(
         step = int(info["step"])
         cursor = Cursor(**info["cursor"])
         best_val = info.get("best_val_loss")
+        if best_val is not None and not math.isfinite(best_val):
+            best_val = None  # saved by a version that let NaN be "best"
         counters.update(info.get("counters", {}))
         val_history = list(info.get("val_history", []))
         plateau.update(info.get("plateau", {}))
@@ -694,7 +722,6 @@ def _train(
                 for name, p in model.named_parameters():
                     p.copy_(raw[name])
             averager.load(average, int(info["averaged_steps"]))
-        _check_global_batch(loaded, config, dist.world_size, run_dir)
         if batcher.carries_state:  # the same streams, whatever the split: re-shard exactly
             state = _shard_state(tensors, dist.rank * local_batch, local_batch, device)
         _rng_restore(info["rng"], tensors)
@@ -712,6 +739,7 @@ def _train(
     metrics = MetricsLog(
         run_dir / "metrics.jsonl", truncate_after=step if loaded else None, enabled=dist.is_main
     )
+    metrics.write({"kind": "start", "step": step, "seed": t.seed, "resumed": loaded is not None})
     params = count_parameters(model)
     if show:
         stderr.print(
@@ -719,7 +747,7 @@ def _train(
             f"{params:,} parameters; {data.meta['level']} vocabulary {vocab_size:,}; "
             f"{len(data.train_ids):,} training tokens, {steps_per_epoch:,} steps per epoch; "
             f"{'resuming at step ' + str(step) + ', ' if loaded else ''}"
-            f"{total_steps:,} steps on {device.type}"
+            f"{total_steps:,} steps on {device.type}, seed {t.seed}"
             + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
             highlight=False,
         )
@@ -752,6 +780,11 @@ def _train(
         return make_result(nll, predicted, data.meta["val_tokens"], data.meta["val_chars"])
 
     def checkpoint(is_best: bool) -> None:
+        if not all_finite(model, optimizer):  # never saved as progress (README)
+            raise TrainingStopped(
+                f"step {step}: the weights are no longer finite, so they were not saved; "
+                + recovery_hint(run_dir, config.optim.lr)
+            )
         # Every process takes part: rank 0 saves the carried state of all streams and each
         # process's torch generator, so that a resume on another number of processes re-shards.
         carried = _gather_state(dist, state) if batcher.carries_state else state
@@ -796,6 +829,7 @@ def _train(
         dist.barrier()
 
     display = TrainingDisplay(total_steps, step, enabled=show)
+    explosion = ExplosionWatch(vocab_size)
     throughput = Throughput()
     started = time.perf_counter()
     last_val: EvalResult | None = None
@@ -833,9 +867,8 @@ def _train(
             )
         if seen["longest_streak"] >= t.max_bad_steps:
             raise TrainingStopped(
-                f"{seen['longest_streak']} non-finite steps in a row by step {step}; stopped. "
-                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                f"{seen['longest_streak']} non-finite steps in a row by step {step}; stopped; "
+                + recovery_hint(run_dir, config.optim.lr)
             )
 
     model.train()
@@ -933,9 +966,8 @@ def _train(
                         )
                         if bad_streak >= t.max_bad_steps:
                             raise TrainingStopped(
-                                f"{bad_streak} non-finite steps in a row at step {step + 1}; stopped. "
-                                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                                f"{bad_streak} non-finite steps in a row at step {step + 1}; "
+                                "stopped; " + recovery_hint(run_dir, config.optim.lr)
                             )
                 throughput.add(step_tokens)
                 cursor = next_cursor
@@ -965,6 +997,10 @@ def _train(
                         "elapsed_s": time.perf_counter() - started,
                         "threads": threads.threads,
                     }
+                    warning = explosion.check(step, mean_loss)
+                    if warning:
+                        record["warning"] = warning
+                        display.message(warning)
                     metrics.write(record)
                     change = threads.check()
                     if change is not None:
@@ -982,7 +1018,10 @@ def _train(
                 is_best = is_patience_spent = False
                 if step % t.eval_every == 0 or is_last:
                     last_val = validate()
-                    is_best = best_val is None or last_val.loss < best_val
+                    # A non-finite loss is never "best" (and never replaces a finite best).
+                    is_best = math.isfinite(last_val.loss) and (
+                        best_val is None or last_val.loss < best_val
+                    )
                     if is_best:
                         best_val = last_val.loss
                     was_averaging = averager.is_active
