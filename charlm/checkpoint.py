@@ -26,11 +26,14 @@ checkpoint loadable.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from charlm import __version__
 from charlm.config import RunConfig, build_config, config_to_yaml, read_yaml
 from charlm.device import resolve_device
-from charlm.errors import CheckpointError, ConfigError
+from charlm.errors import CheckpointError, ConfigError, environment_error, human_bytes
 from charlm.model import RNNLanguageModel
 from charlm.runfiles import (
     BEST,
@@ -120,6 +123,7 @@ class RunState:
     charlm_version: str | None = None
     torch_version: str | None = None
     saved_at: str | None = None
+    tokenizer_sha256: str | None = None  # absent before charlm 0.2: such files are size-checked
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,6 +149,7 @@ class RunState:
             "global_batch": self.global_batch,
             "data_dir": self.data_dir,
             "parameters": self.parameters,
+            **({"tokenizer_sha256": self.tokenizer_sha256} if self.tokenizer_sha256 else {}),
         }
 
     @classmethod
@@ -174,6 +179,7 @@ class RunState:
             charlm_version=info.get("charlm_version"),
             torch_version=info.get("torch_version"),
             saved_at=info.get("saved_at"),
+            tokenizer_sha256=info.get("tokenizer_sha256"),
         )
 
 
@@ -208,12 +214,49 @@ def save_checkpoint(
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root)  # a failed write's folder keeps its space until removed
     name = f"step-{state.step:08d}"
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        info = _write_files(tmp, model, optimizer, config, tokenizer_json, meta, state, raw_weights)
+        for file in tmp.iterdir():
+            _fsync_file(file)
+        fsync_dir(tmp)
+    except (OSError, RuntimeError) as exc:
+        needed = _tensor_bytes(model, optimizer, state, raw_weights)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failure(exc, root, state.step, needed) from None
+    if final.exists():  # the same step saved again (after an interrupt): swap, then drop the old
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / LATEST, json.dumps({"name": name, "step": state.step}))
+    if is_best:
+        best = {"name": name, "step": state.step, "val_loss": info.get("best_val_loss")}
+        atomic_write_text(root / BEST, json.dumps(best))
+    _prune(root, keep)
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    model: RNNLanguageModel,
+    optimizer: torch.optim.Optimizer,
+    config: RunConfig,
+    tokenizer_json: str,
+    meta: dict[str, Any],
+    state: TrainingState,
+    raw_weights: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """Every file of one checkpoint, into the temporary folder `tmp`; returns state.json's."""
     save_model(model, str(tmp / MODEL), metadata={"format": FORMAT_NAME})
     if raw_weights is not None:
         save_file(
@@ -231,28 +274,59 @@ def save_checkpoint(
         charlm_version=__version__,
         torch_version=torch.__version__,
         saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        tokenizer_sha256=tokenizer_sha256(tokenizer_json),
     ).to_json()
     (tmp / STATE).write_text(json.dumps(info, indent=1), encoding="utf-8")
     (tmp / CONFIG).write_text(config_to_yaml(config), encoding="utf-8")
     (tmp / TOKENIZER).write_text(tokenizer_json, encoding="utf-8")
     (tmp / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    for file in tmp.iterdir():
-        _fsync_file(file)
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again (after an interrupt): swap, then drop the old
-        old = root / f".old-{name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(root)
-    atomic_write_text(root / LATEST, json.dumps({"name": name, "step": state.step}))
-    if is_best:
-        best = {"name": name, "step": state.step, "val_loss": info.get("best_val_loss")}
-        atomic_write_text(root / BEST, json.dumps(best))
-    _prune(root, keep)
-    return final
+    return info
+
+
+def tokenizer_sha256(tokenizer_json: str) -> str:
+    return hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
+
+
+def _tensor_bytes(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    raw_weights: dict[str, torch.Tensor] | None,
+) -> int:
+    """About what one checkpoint takes on disk: its tensors' bytes."""
+    tensors = list(model.state_dict().values()) + list(state.tensors.values())
+    tensors += list((raw_weights or {}).values())
+    for values in optimizer.state.values():
+        tensors += [v for v in values.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _write_failure(exc: BaseException, root: Path, step: int, needed: int) -> Exception:
+    """A failed checkpoint write as a one-line error; disk full says what it needed and had.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer, not an OSError, so
+    a RuntimeError counts as disk full when the free space is below what the write needed.
+    """
+    free = shutil.disk_usage(root).free
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (isinstance(exc, RuntimeError) and free < needed):
+        return CheckpointError(
+            f"{root}: disk full while saving step {step} (needs about {human_bytes(needed)}, "
+            f"{human_bytes(free)} free); nothing partial was left: free some space and resume "
+            "with --resume"
+        )
+    if isinstance(exc, OSError):
+        found = environment_error(exc)
+        if found is not None:
+            return found
+    return exc  # type: ignore[return-value]
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Temporary folders of writers that are gone (one trainer per run: any but ours)."""
+    for stale in root.glob(".tmp-*"):
+        if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _read_pointer(root: Path, which: str) -> str | None:
@@ -332,6 +406,7 @@ class LoadedCheckpoint:
     config: RunConfig
     meta: dict[str, Any]
     tokenizer_json: str
+    _optimizer: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def step(self) -> int:
@@ -358,20 +433,34 @@ class LoadedCheckpoint:
             )
         return model.to(device)
 
+    def preload_optimizer_state(self) -> None:
+        """Read (and so check) the optimizer state now, before anything is written; the next
+        `optimizer_state()` hands it over."""
+        self._optimizer = self.optimizer_state()
+
     def optimizer_state(self) -> dict[str, Any]:
+        if self._optimizer is not None:
+            state, self._optimizer = self._optimizer, None
+            return state
         path = self.path / OPTIMIZER
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's warnings would advise the unsafe load
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing; this checkpoint cannot be resumed") from None
-        except Exception as exc:  # the weights-only unpickler refuses anything but plain data
+        except Exception:  # the weights-only unpickler refuses anything but plain data
             unsafe = _unsafe_globals(path)
             if unsafe:
                 raise CheckpointError(
-                    f"{path}: refused to load: it asks to run {', '.join(unsafe[:3])}; "
-                    "the file is not from charlm and may be malicious"
+                    f"{path}: refused to load: it asks to call {', '.join(unsafe[:3])}; nothing "
+                    "was run; the file is not from charlm and may be malicious"
                 ) from None
-            raise CheckpointError(f"{path}: damaged optimizer state ({_short(exc)})") from None
+            # torch's own text is left out: it suggests weights_only=False, the unsafe way.
+            raise CheckpointError(
+                f"{path}: damaged optimizer state (not a file that torch.save wrote, or cut "
+                "short); nothing was run; resume from another checkpoint"
+            ) from None
 
     def raw_weights(self) -> dict[str, torch.Tensor] | None:
         """The optimiser's raw weights when the checkpoint was saved mid-averaging, else None."""
@@ -397,10 +486,38 @@ def _short(exc: BaseException) -> str:
 
 
 def _unsafe_globals(path: Path) -> list[str]:
+    """The callables a torch file (zip) or a raw pickle names, read without running any."""
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:
-        return []
+        found = []
+    return found or _pickle_globals(path)
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """'module.name' of every GLOBAL/STACK_GLOBAL in the pickles of a raw (non-zip) file.
+
+    pickletools only decodes opcodes; nothing is imported or called. STACK_GLOBAL takes its
+    module and name from the two strings pushed before it.
+    """
+    import pickletools
+
+    found: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            while len(found) < 10 and f.peek(1):
+                strings: list[str] = []
+                for opcode, arg, _ in pickletools.genops(f):
+                    if opcode.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+    except Exception:  # not a pickle, or cut short: whatever was decoded so far
+        pass
+    plain = ("collections.OrderedDict", "torch._utils._rebuild_tensor_v2")
+    return [name for name in dict.fromkeys(found) if name not in plain]
 
 
 def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
@@ -431,7 +548,7 @@ def load_checkpoint(path: Path, which: str = "best") -> LoadedCheckpoint:
     except ConfigError as exc:
         raise CheckpointError(f"{folder / CONFIG}: {exc}") from None
     tokenizer_json = (folder / TOKENIZER).read_text(encoding="utf-8")
-    _check_tokenizer(folder, tokenizer_json, meta)
+    _check_tokenizer(folder, tokenizer_json, meta, info.get("tokenizer_sha256"))
     return LoadedCheckpoint(folder, info, config, meta, tokenizer_json)
 
 
@@ -444,11 +561,15 @@ def open_for_use(
     CUDA, then MPS, then the CPU); any other name must exist."""
     loaded = load_checkpoint(path, which)
     wanted = device if device != "auto" else loaded.config.train.device
-    return loaded, loaded.build_model(resolve_device(wanted)).eval()
+    return loaded, loaded.build_model(resolve_device(wanted, flag="--device")).eval()
 
 
-def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) -> None:
-    """The vocabulary must be the one the weights were trained with, or sampling is nonsense."""
+def _check_tokenizer(
+    folder: Path, tokenizer_json: str, meta: dict[str, Any], sha256: str | None
+) -> None:
+    """The vocabulary must be the one the weights were trained with, or sampling is nonsense.
+
+    Checkpoints record the tokenizer's sha256 (older ones do not, and are checked by size)."""
     from tokenizers import Tokenizer
 
     try:
@@ -459,4 +580,10 @@ def _check_tokenizer(folder: Path, tokenizer_json: str, meta: dict[str, Any]) ->
         raise CheckpointError(
             f"{folder / TOKENIZER}: has {size} entries but the model was trained on "
             f"{meta.get('vocab_size')}; restore the checkpoint's own tokenizer.json"
+        )
+    if sha256 is not None and tokenizer_sha256(tokenizer_json) != sha256:
+        raise CheckpointError(
+            f"{folder / TOKENIZER}: not the vocabulary the model was trained with (its "
+            "sha256 differs from the one in state.json); restore the checkpoint's own "
+            "tokenizer.json"
         )

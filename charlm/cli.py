@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charlm import __version__
-from charlm.errors import CharlmError, PeerFailure, TrainingStopped
+from charlm.errors import CharlmError, PeerFailure, TrainingStopped, environment_error
 
 app = typer.Typer(
     name="charlm",
@@ -74,7 +75,9 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def _handled(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()  # here, so that a closed pipe is answered below, not at exit
+            return result
         except CharlmError as exc:
             if _debug["on"]:
                 traceback.print_exc()
@@ -90,18 +93,52 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             say("charlm: interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `charlm sample ... | head`: the reader has all it wanted
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except OSError as exc:  # disk full, read-only, permissions: the machine, not a bug
+            found = environment_error(exc)
+            if found is None:
+                raise _internal_error(exc) from None
+            if _debug["on"]:
+                traceback.print_exc()
+            say(f"charlm: error: {found}")
+            raise typer.Exit(found.exit_code) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug, or an environment problem we did not foresee
-            if _debug["on"]:
-                traceback.print_exc()
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            say(
-                f"charlm: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)"
-            )
-            raise typer.Exit(1) from None
+            raise _internal_error(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _internal_error(exc: Exception) -> typer.Exit:
+    if _debug["on"]:
+        traceback.print_exception(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    say(f"charlm: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)")
+    return typer.Exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into the closed pipe is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (an in-process test runner)
+        pass
+
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    """Boolean flags take no value, so their help shows none (typer would show `<bool>`, which
+    reads as if `--resume true` were the way to write it)."""
+    if getattr(self, "is_flag", False):
+        return None
+    return _typer_type(self, ctx)
+
+
+_typer_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def _version(value: bool) -> None:
@@ -155,6 +192,17 @@ WhichOpt = Annotated[
 RunArg = Annotated[
     Path, typer.Argument(help="A run directory (train --out) or a checkpoint folder.")
 ]
+
+
+def _refuse_flag_value(text: Path | None) -> None:
+    """`--resume true`: flags take no value, so `true` was read as TEXT; say so."""
+    from charlm.errors import UsageError
+
+    if text is not None and str(text).lower() in ("true", "false") and not text.exists():
+        raise UsageError(
+            f"TEXT '{text}' does not exist; --resume, --force and --quiet take no value: "
+            "write the flag alone (e.g. --resume)"
+        )
 
 
 def _which(value: str) -> str:
@@ -217,6 +265,7 @@ def prepare(
     from charlm.errors import UsageError
     from charlm.prepare import PrepareSettings
     from charlm.prepare import prepare as run_prepare
+    from charlm.textsource import spooled
 
     if errors not in ("strict", "replace"):
         raise UsageError(f"--errors must be strict or replace (got '{errors}')")
@@ -234,7 +283,9 @@ def prepare(
         overrides=[f"data.{key}={value}" for key, value in given.items() if value is not None]
     )
     settings = PrepareSettings.from_config(config.data, val_file=val_file, errors=errors)
-    meta = run_prepare(text, out, settings)
+    with spooled(text) as source, spooled(val_file) as val_source:
+        settings = dataclasses.replace(settings, val_file=val_source)
+        meta = run_prepare(source, out, settings)
     say(
         f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "
         f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens"
@@ -265,6 +316,12 @@ def train(
     errors: Annotated[
         str, typer.Option(help="Invalid UTF-8 in TEXT: strict or replace.")
     ] = "strict",
+    csv_column: Annotated[
+        str | None, typer.Option(help="CSV column with the text (data.csv_column).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Last fraction held out (data.val_fraction).")
+    ] = None,
 ) -> None:
     """Train a model; Ctrl-C saves a checkpoint, and --resume continues exactly where it stopped.
 
@@ -274,22 +331,28 @@ def train(
       charlm train --out runs/shakespeare --resume --set train.max_steps=5000
     """
     from charlm.errors import UsageError
+    from charlm.textsource import spooled
     from charlm.train import train as run_train
 
     if text is not None and data is not None:
         raise UsageError("pass either TEXT or --data, not both")
-    result = run_train(
-        out,
-        text=text,
-        data_dir=data,
-        val_file=val_file,
-        config_file=config,
-        overrides=overrides or [],
-        resume=resume,
-        force=force,
-        show_progress=not quiet,
-        errors=errors,
-    )
+    _refuse_flag_value(text)
+    shortcuts = [f"data.csv_column={csv_column}"] if csv_column is not None else []
+    if val_fraction is not None:
+        shortcuts.append(f"data.val_fraction={val_fraction}")
+    with spooled(text) as source, spooled(val_file) as val_source:
+        result = run_train(
+            out,
+            text=source,
+            data_dir=data,
+            val_file=val_source,
+            config_file=config,
+            overrides=[*shortcuts, *(overrides or [])],
+            resume=resume,
+            force=force,
+            show_progress=not quiet,
+            errors=errors,
+        )
     if result.final is not None and not quiet and is_main_process():
         say(
             f"done: {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
@@ -322,13 +385,27 @@ def sample(
 
     Example: charlm sample runs/quick --prime "The " --length 300 --temperature 0.8 --seed 1
     """
+    import secrets
+
     from charlm.sample import SampleOptions, Sampler
 
+    drawn = seed is None  # then a random one, told, so that a good sample can be made again
     options = SampleOptions(
-        prime, length, temperature, top_k, top_p, seed, num_samples, sentences, min_words
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        secrets.randbits(31) if drawn else seed,
+        num_samples,
+        sentences,
+        min_words,
     )
     options.validate()
     sampler = Sampler(run, device=device, which=_which(which))
+    sampler.check_memory(options)
+    if drawn:
+        say(f"charlm: seed {options.seed} (pass --seed {options.seed} for this sample again)")
     streaming = num_samples == 1
 
     def emit(index: int, piece: str) -> None:
@@ -359,6 +436,9 @@ def evaluate(
     device: DeviceOpt = "auto",
     which: WhichOpt = "best",
     errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+    csv_column: Annotated[
+        str | None, typer.Option(help="CSV column with the text (default: training's).")
+    ] = None,
 ) -> None:
     """Loss (nats/token), perplexity and bits per character of a checkpoint on a text.
 
@@ -366,12 +446,20 @@ def evaluate(
     """
     from charlm.errors import UsageError
     from charlm.evaluate import evaluate_checkpoint
+    from charlm.textsource import spooled
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    result = evaluate_checkpoint(
-        run, text, batch_size=batch_size, device=device, which=_which(which), errors=errors
-    )
+    with spooled(text) as source:
+        result = evaluate_checkpoint(
+            run,
+            source,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            device=device,
+            which=_which(which),
+            errors=errors,
+            csv_column=csv_column,
+        )
     if json_out:
         print(json.dumps(result.as_dict()))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -252,12 +253,37 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> list[str]:
-        problems = [p for section in fields(self) for p in getattr(self, section.name).validate()]
+        problems = _non_finite(self)
+        problems += [p for section in fields(self) for p in getattr(self, section.name).validate()]
+        if not 0 <= self.train.seed <= SEED_MAX:
+            problems.append(f"train.seed must be in 0..{SEED_MAX} (got {self.train.seed})")
         if self.train.variable_bptt and self.data.batching == "sentence":
             problems.append(
                 "train.variable_bptt applies to stream batching (sentences set their own length)"
             )
         return problems
+
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64-bit seeds; beyond that it overflows
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: weights and rates are float32
+
+
+def _non_finite(config: RunConfig) -> list[str]:
+    """Every number setting must be finite and fit in float32: nan, inf or 1e39 as a rate or a
+    factor turns the weights into NaN at the first step (and `lr <= 0` alone lets nan pass)."""
+    problems = []
+    for section in fields(config):
+        values = getattr(config, section.name)
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not (
+                math.isfinite(value) and abs(value) <= FLOAT32_MAX
+            ):
+                problems.append(
+                    f"{section.name}.{f.name} must be a finite number within float32's range "
+                    f"(got {value}); the default is {getattr(type(values)(), f.name)}"
+                )
+    return problems
 
 
 # Settings that may differ when a run is resumed; anything else changes the model or the data.

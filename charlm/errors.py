@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class CharlmError(Exception):
     """A failure the user can fix; its message names the file, key or value and the way out."""
@@ -42,3 +46,45 @@ class TrainingStopped(CharlmError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# What an OSError from the environment means for the user, by errno: (problem, fix).
+_ENVIRONMENT = {
+    errno.ENOSPC: ("no space left on the device", "free some space, then run the command again"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space, then run the command again"),
+    errno.EROFS: ("read-only file system", "write to a writable folder"),
+    errno.EACCES: ("permission denied", "fix the permissions or choose another path"),
+    errno.EPERM: ("operation not permitted", "fix the permissions or choose another path"),
+}
+
+
+def human_bytes(count: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1000:
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} TB"
+
+
+def free_space(path: Path | str | None) -> str:
+    """'N MB free' on the file system holding `path` (or its nearest existing parent)."""
+    folder = Path(path or ".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{human_bytes(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        return "free space unknown"
+
+
+def environment_error(exc: OSError) -> CharlmError | None:
+    """An OSError that the machine caused (disk full, read-only, permissions) as a one-line
+    CharlmError naming the file and the fix; None for any other OSError."""
+    if exc.errno not in _ENVIRONMENT:
+        return None
+    problem, fix = _ENVIRONMENT[exc.errno]
+    where = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem += f" ({free_space(exc.filename)})"
+    return CharlmError(f"{where}: {problem}; {fix}")

@@ -121,8 +121,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     which: str = "best",
     errors: str = "strict",
+    csv_column: str | None = None,
 ) -> EvalResult:
     """Score a checkpoint on a text file, tokenised with the checkpoint's own vocabulary.
+
+    A .csv text is read from `csv_column`, by default the column the run trained on.
 
     Characters or words the vocabulary never saw become the unknown token, not an error.
     """
@@ -131,7 +134,7 @@ def evaluate_checkpoint(
     config, dev = loaded.config, model.embedding.weight.device
     tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
     level = loaded.meta["level"]
-    raw = read_text(text, errors=errors, csv_column=config.data.csv_column)
+    raw = read_text(text, errors=errors, csv_column=csv_column or config.data.csv_column)
     ids = Encoder(tokenizer, level).encode(raw)
     if len(ids) < 2:
         raise DataError(f"{text}: too short to evaluate (needs at least 2 tokens)")

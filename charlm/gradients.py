@@ -223,6 +223,6 @@ def profile_config(
     model = RNNLanguageModel(config.model, tokenizer.get_vocab_size())
     if config.model.unigram_bias:
         model.init_output_bias(ids, config.model.unigram_bias)
-    model = model.to(resolve_device(device))
+    model = model.to(resolve_device(device, flag="--device"))
     name = f"{config.model.cell} (initial)" if config_file is None else f"{config_file} (initial)"
     return measure_model(model, ids, source=name, **options)

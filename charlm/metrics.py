@@ -113,8 +113,10 @@ class MetricsLog:
     """Append-only JSONL; each record is flushed so a crash loses at most the line being written.
 
     The records are `train_record`'s and `val_record`'s (non-finite numbers are written as
-    null). Records past `truncate_after` (a resumed run's checkpoint step) are dropped first, so
-    a resumed run's log reads as if it had never stopped.
+    null; a train record carries `warning` when the loss exploded), and at each start or resume
+    of training one kind="start" record (step, seed, resumed). Records past `truncate_after` (a
+    resumed run's checkpoint step) are dropped first, so a resumed run's log reads as if it had
+    never stopped.
     """
 
     def __init__(self, path: Path, truncate_after: int | None = None, enabled: bool = True) -> None:

@@ -261,16 +261,34 @@ class _Inputs:
     val_chars: int
 
 
-def prepare(
-    source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
-) -> dict:
-    """Read, split, tokenize and write `out_dir`; returns its meta. `source` None = built-in.
+@dataclass
+class PreparePlan:
+    """What `prepare` decided before writing anything: the input read and checked, the split,
+    the cache key, and whether `out_dir` already holds exactly this (`reuse`)."""
 
-    Reuses `out_dir` when its cache_key (input hash + settings + format) matches; replaces an
-    older prepared dataset there, but refuses a non-empty folder without meta.json. Files are
-    written under temporary names and renamed, meta.json last, so a half-written folder never
-    looks complete. Messages and progress go to stderr when `show_progress`.
-    """
+    out_dir: Path
+    settings: PrepareSettings
+    inputs: _Inputs
+    cache_key: str
+    existing_meta: dict | None
+
+    @property
+    def reuse(self) -> bool:
+        meta, inputs = self.existing_meta, self.inputs
+        keys = (
+            self.cache_key,
+            *_legacy_keys(inputs.input_sha256, inputs.val_sha256, self.settings),
+        )
+        return (
+            meta is not None and meta.get("cache_key") in keys and _is_complete(self.out_dir, meta)
+        )
+
+
+def plan_prepare(
+    source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
+) -> PreparePlan:
+    """Every check `prepare` makes, with nothing written: settings, the output folder, the input
+    (read once: UTF-8, not binary, not empty, both parts non-empty) and its cache key."""
     settings.validate()
     report = _Reporter(show_progress)
     out_dir = Path(out_dir)
@@ -284,19 +302,36 @@ def prepare(
         )
     inputs = _scan_inputs(source, settings, report)
     cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings)
-    if existing_meta is not None and existing_meta.get("cache_key") in (
-        cache_key,
-        *_legacy_keys(inputs.input_sha256, inputs.val_sha256, settings),
-    ):
-        if _is_complete(out_dir, existing_meta):
-            report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
-            return existing_meta
+    return PreparePlan(out_dir, settings, inputs, cache_key, existing_meta)
 
+
+def prepare(
+    source: Path | None,
+    out_dir: Path,
+    settings: PrepareSettings,
+    show_progress: bool = True,
+    plan: PreparePlan | None = None,
+) -> dict:
+    """Read, split, tokenize and write `out_dir`; returns its meta. `source` None = built-in.
+
+    Reuses `out_dir` when its cache_key (input hash + settings + format) matches; replaces an
+    older prepared dataset there, but refuses a non-empty folder without meta.json. Files are
+    written under temporary names and renamed, meta.json last, so a half-written folder never
+    looks complete. Messages and progress go to stderr when `show_progress`. `plan` (from
+    `plan_prepare`, for the same arguments) saves reading the input again.
+    """
+    if plan is None:
+        plan = plan_prepare(source, out_dir, settings, show_progress)
+    report = _Reporter(show_progress)
+    out_dir, settings, inputs = plan.out_dir, plan.settings, plan.inputs
+    if plan.reuse:
+        report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
+        return plan.existing_meta  # type: ignore[return-value]
     out_dir.mkdir(parents=True, exist_ok=True)
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
     tokenizer = _train_tokenizer(inputs, settings, report)
-    meta = _write_prepared(out_dir, inputs, tokenizer, settings, cache_key, report)
+    meta = _write_prepared(out_dir, inputs, tokenizer, settings, plan.cache_key, report)
     report.line(
         f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({settings.level})"

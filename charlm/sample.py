@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,9 @@ import torch
 from tokenizers import Tokenizer
 
 from charlm.checkpoint import open_for_use
-from charlm.errors import UsageError
+from charlm.config import SEED_MAX
+from charlm.device import available_memory
+from charlm.errors import UsageError, human_bytes
 from charlm.model import LeanStepper, State
 from charlm.tokenizer import Encoder, StreamDecoder, special_ids
 
@@ -31,10 +34,13 @@ class SampleOptions:
     def validate(self) -> None:
         if self.length < 1:
             raise UsageError(f"--length must be at least 1 (got {self.length})")
-        if self.temperature < 0:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UsageError(
-                f"--temperature must be 0 (greedy) or positive (got {self.temperature})"
+                f"--temperature must be 0 (greedy) or a finite positive number "
+                f"(got {self.temperature})"
             )
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise UsageError(f"--seed must be in 0..{SEED_MAX} (got {self.seed})")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be 0 (off) or positive (got {self.top_k})")
         if not 0 < self.top_p <= 1:
@@ -96,9 +102,25 @@ class Sampler:
         ids = [int(i) for i in self.encoder.encode("\n")]
         return ids[-1:] if ids else [0]
 
+    def check_memory(self, options: SampleOptions) -> None:
+        """Refuse --num-samples/--length that cannot fit: per sample, the carried state, a few
+        copies of the logits (filtering sorts them) and the text kept."""
+        m = self.config.model
+        vocab = self.tokenizer.get_vocab_size()
+        per_sample = 4 * (8 * vocab + 4 * m.layers * m.hidden_size) + 8 * options.length
+        needed = options.num_samples * per_sample
+        free = available_memory(self.device)
+        if free is not None and needed > free:
+            raise UsageError(
+                f"--num-samples {options.num_samples} x --length {options.length} needs about "
+                f"{human_bytes(needed)}, but {self.device.type} has {human_bytes(free)} free; "
+                "ask for fewer or shorter samples"
+            )
+
     @torch.inference_mode()
     def generate(self, options: SampleOptions, emit: Callable[[int, str], None]) -> list[str]:
         options.validate()
+        self.check_memory(options)
         sentence_mode = options.sentences
         if sentence_mode is None:
             sentence_mode = self.config.data.batching == "sentence"

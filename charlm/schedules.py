@@ -127,7 +127,10 @@ class ValidationPolicy:
 
     def observe(self, val_loss: float, averaging: bool) -> Verdict:
         """Take one validation loss; `averaging`: whether NT-ASGD already averages."""
-        is_best = self.best_val_loss is None or val_loss < self.best_val_loss
+        # A non-finite loss is never "best" (and never replaces a finite best).
+        is_best = math.isfinite(val_loss) and (
+            self.best_val_loss is None or val_loss < self.best_val_loss
+        )
         if is_best:
             self.best_val_loss = val_loss
         self.val_history.append(val_loss)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
+import os
 import re
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlm.errors import DataError, UsageError
+from charlm.errors import DataError, UsageError, environment_error
 
 READ_BYTES = 4 << 20  # raw bytes read from a file at a time
 CSV_PIECE_CHARS = 1 << 20  # CSV documents are handed on in pieces of about this size
@@ -322,3 +328,42 @@ def split_chunks(pieces: Iterable[str], bounds: list[int], size: int) -> Iterato
             part += 1
             if exhausted and not buf:
                 return
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` can be read only once: "-" (standard input), a pipe or FIFO
+    (/dev/stdin from `cat f |`, `<(...)`), a socket or a character device."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+@contextlib.contextmanager
+def spooled(path: Path | None) -> Iterator[Path | None]:
+    """`path` itself, or for a stream (`is_stream`) a temporary copy read from it once.
+
+    Preparing and evaluating read their input several times (a scan, the split, the
+    tokenizer, the encoding); a stream would be empty from the second read on. The copy keeps
+    the stream's file name (so a FIFO named *.csv is read as CSV) and is removed afterwards.
+    """
+    if path is None or not is_stream(Path(path)):
+        yield path
+        return
+    name = "stdin" if str(path) in ("-", "/dev/stdin") else Path(path).name
+    with tempfile.TemporaryDirectory(prefix="charlm-spool-") as folder:
+        copy = Path(folder) / name
+        try:
+            with contextlib.ExitStack() as stack:
+                source = (
+                    sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
+                )
+                with open(copy, "wb") as target:
+                    shutil.copyfileobj(source, target, READ_BYTES)
+        except OSError as error:  # a full disk under the copy is named as such
+            found = environment_error(error)
+            raise found or DataError(f"{path}: cannot read it ({error.strerror})") from None
+        yield copy

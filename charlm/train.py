@@ -13,6 +13,8 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,19 @@ from charlm.checkpoint import (
 from charlm.config import RunConfig, build_config, config_to_dict, config_to_yaml
 from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
-from charlm.errors import CheckpointError, DataError, TrainingStopped, UsageError
+from charlm.errors import CheckpointError, TrainingStopped, UsageError
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
+from charlm.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr, train_record, val_record
 from charlm.model import RNNLanguageModel, count_parameters
+from charlm.preflight import (
+    DataPlan,
+    check_memory,
+    check_out_dir,
+    check_still_latest,
+    plan_data,
+    vocab_estimate,
+)
 from charlm.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.regularise import WeightAverager
 from charlm.resume import (
@@ -53,7 +64,8 @@ from charlm.resume import (
     shard_state,
     state_tensors,
 )
-from charlm.runfiles import CHECKPOINTS, CONFIG, DATA, META, METRICS, TOKENIZER
+from charlm.runfiles import CHECKPOINTS, CONFIG, METRICS, TOKENIZER
+from charlm.runlock import RunLock
 from charlm.schedules import (
     ValidationPolicy,
     bptt_length,
@@ -63,7 +75,7 @@ from charlm.schedules import (
     variable_bptt_steps,
 )
 from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
-from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard
+from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard, with_precision
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -74,17 +86,6 @@ class TrainResult:
     steps: int
     best_val_loss: float | None
     final: EvalResult | None
-
-
-@dataclass(frozen=True)
-class DataSources:
-    """Where the data comes from: a prepared folder, a text to prepare, or (neither) the run's
-    own or the built-in corpus."""
-
-    text: Path | None = None
-    data_dir: Path | None = None
-    val_file: Path | None = None
-    errors: str = "strict"  # invalid UTF-8 in `text`: strict or replace
 
 
 def train(
@@ -107,10 +108,21 @@ def train(
     """
     run_dir = Path(run_dir)
     config, loaded = _open_run(run_dir, data_dir, config_file, overrides, resume, force)
-    sources = DataSources(text, data_dir, val_file, errors)
+    # Every refusal is decided here, before the run directory is touched (README, "Resuming
+    # and recovering"): the data is found and checked, not yet prepared.
+    check_memory(config, vocab_estimate(config, loaded, data_dir))
+    settings = PrepareSettings.from_config(config.data, val_file, errors)
+    plan = plan_data(
+        run_dir, config, loaded, text, data_dir, settings, show_progress and is_main_process()
+    )
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
-        result = Trainer(run_dir, config, dist, loaded, sources, force, show_progress).run()
+        if loaded is not None:
+            check_global_batch(loaded, config, dist.world_size, run_dir)
+        device = resolve_device(config.train.device, dist.local_rank)
+        with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
+        with _run_lock(run_dir, dist, loaded):
+            result = Trainer(run_dir, config, dist, loaded, plan, force, show_progress).run()
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
             # No orderly teardown of a broken group: it can block on the dead peer.
@@ -135,6 +147,7 @@ def _open_run(
     """The run's settings and, with `resume`, its latest checkpoint; refuses what cannot be."""
     if resume and force:
         raise UsageError("--resume and --force contradict each other; pass one")
+    check_out_dir(run_dir)
     if resume:
         if not has_checkpoint(run_dir):
             raise CheckpointError(
@@ -146,6 +159,7 @@ def _open_run(
             base=config_to_dict(loaded.config), config_file=config_file, overrides=overrides
         )
         refuse_unsafe_changes(loaded.config, config, run_dir)
+        loaded.preload_optimizer_state()  # a damaged or unsafe file is refused now
         return config, loaded
     if data_dir is not None:
         # Prepared data says what it is: its level overrides the config file's (an explicit
@@ -158,6 +172,23 @@ def _open_run(
             "--force to start over (its checkpoints are deleted), or another --out"
         )
     return config, None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process alone (before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _run_lock(run_dir: Path, dist: DistContext, loaded: LoadedCheckpoint | None) -> Iterator[None]:
+    """The main process holds the run's lock (runlock.py) for the whole of training."""
+    if not dist.is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        check_still_latest(run_dir, loaded)
+        yield
 
 
 def total_steps(config: RunConfig, batcher: StreamBatcher | SentenceBatcher) -> int:
@@ -180,12 +211,12 @@ class Trainer:
         config: RunConfig,
         dist: DistContext,
         loaded: LoadedCheckpoint | None,
-        sources: DataSources,
+        plan: DataPlan,
         force: bool,
         show_progress: bool,
     ) -> None:
         self.run_dir, self.config, self.dist, self.loaded = run_dir, config, dist, loaded
-        self.sources, self.force = sources, force
+        self.plan, self.force = plan, force
         self.show = show_progress and dist.is_main
         self.device = resolve_device(config.train.device, dist.local_rank)
         self.step, self.cursor = 0, Cursor()
@@ -212,9 +243,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.force:
                 _clear_run(self.run_dir)
-        self.data = _load_data(
-            self.run_dir, self.config, self.dist, self.loaded, self.sources, self.show
-        )
+        self.data = _load_data(self.dist, self.loaded, self.plan, self.show)
         if self.config.data.batching == "sentence" and self.device.type == "cpu":
             # oneDNN re-plans its RNN kernel for every new sequence length, several times
             # slower on sentence batches (docs/benchmarks.md); the native kernel is not.
@@ -275,6 +304,11 @@ class Trainer:
             truncate_after=self.step if self.loaded else None,
             enabled=self.dist.is_main,
         )
+        t = self.config.train
+        self.metrics.write(
+            {"kind": "start", "step": self.step, "seed": t.seed, "resumed": self.loaded is not None}
+        )
+        self.explosion = ExplosionWatch(self.vocab_size)
         if self.show:
             self._print_header()
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
@@ -302,7 +336,7 @@ class Trainer:
             f"{len(data.train_ids):,} training tokens, "
             f"{max(1, batcher.steps_per_epoch):,} steps per epoch; "
             f"{'resuming at step ' + str(self.step) + ', ' if self.loaded else ''}"
-            f"{self.total_steps:,} steps on {self.device.type}"
+            f"{self.total_steps:,} steps on {self.device.type}, seed {t.seed}"
             + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
             highlight=False,
         )
@@ -421,6 +455,10 @@ class Trainer:
             time.perf_counter() - self.started,
             self.threads.threads,
         )
+        warning = self.explosion.check(self.step, mean_loss)
+        if warning:
+            record["warning"] = warning
+            self.display.message(warning)
         self.metrics.write(record)
         change = self.threads.check()
         if change is not None:
@@ -465,6 +503,11 @@ class Trainer:
     def _save(self, is_best: bool) -> None:
         """Every process takes part: rank 0 saves the carried state of all streams and each
         process's torch generator, so that a resume on another number of processes re-shards."""
+        if not all_finite(self.model, self.optimizer):  # never saved as progress (README)
+            raise TrainingStopped(
+                f"step {self.step}: the weights are no longer finite, so they were not saved; "
+                + recovery_hint(self.run_dir, self.config.optim.lr)
+            )
         dist = self.dist
         carried = gather_state(dist, self.state) if self.batcher.carries_state else self.state
         ranks = rank_rng(dist, self.device)
@@ -532,8 +575,10 @@ def _thread_governor(
 
 
 def _policy_fields(saved: RunState) -> dict[str, Any]:
+    best = saved.best_val_loss
     return {
-        "best_val_loss": saved.best_val_loss,
+        # A version that let NaN be "best" may have saved one: it is no best at all.
+        "best_val_loss": best if best is not None and math.isfinite(best) else None,
         "evals_since_best": saved.evals_since_best,
         "val_history": saved.val_history,
         "plateau_scale": saved.plateau_scale,
@@ -584,38 +629,20 @@ def _prepared_settings(data_dir: Path) -> list[str]:
 
 
 def _load_data(
-    run_dir: Path,
-    config: RunConfig,
-    dist: DistContext,
-    loaded: LoadedCheckpoint | None,
-    sources: DataSources,
-    show: bool,
+    dist: DistContext, loaded: LoadedCheckpoint | None, plan: DataPlan, show: bool
 ) -> PreparedData:
-    """The prepared data the run trains on, preparing the text first where that is asked."""
-    data_dir, text = sources.data_dir, sources.text
-    if data_dir is None and text is None and loaded is not None:
-        data_dir = Path(loaded.state.data_dir)
-        if not (data_dir / META).is_file():
-            raise DataError(
-                f"{data_dir}: the prepared data this run trained on is gone; pass the text "
-                "again (charlm train TEXT --out RUN --resume) or --data DIR"
-            )
-    if data_dir is None:
-        data_dir = run_dir / DATA
+    """The run's data, prepared into RUN_DIR/data first if the plan says so (main process)."""
+    if plan.prepare is not None:
         if dist.is_main:
-            settings = PrepareSettings.from_config(config.data, sources.val_file, sources.errors)
-            prepare(text, data_dir, settings, show_progress=show)
+            prepare(
+                None, plan.data_dir, plan.prepare.settings, show_progress=show, plan=plan.prepare
+            )
         dist.barrier()
-    data = load_prepared(data_dir)
+    data = load_prepared(plan.data_dir)
     if loaded is not None and data.meta.get("cache_key") != loaded.meta.get("cache_key"):
-        raise UsageError(
-            f"{data_dir}: this is not the data the run was trained on (its input or preparation "
-            "settings differ); resume with the original text or --data folder"
-        )
-    if data.meta["level"] != config.data.level:
-        raise UsageError(
-            f"{data_dir}: prepared at level '{data.meta['level']}' but data.level is "
-            f"'{config.data.level}'; prepare again or set data.level={data.meta['level']}"
+        raise UsageError(  # checked before (preflight); this catches a change since
+            f"{plan.data_dir}: this is not the data the run was trained on; resume with the "
+            "original text or --data folder"
         )
     return data
 

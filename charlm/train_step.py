@@ -28,9 +28,9 @@ from charlm.cells import State, map_state
 from charlm.config import RunConfig
 from charlm.distributed import DistContext
 from charlm.errors import TrainingStopped, UsageError
+from charlm.health import recovery_hint
 from charlm.model import RNNLanguageModel, detach_state
 from charlm.regularise import WeightAverager, activation_penalty
-from charlm.runfiles import CHECKPOINTS
 
 MicroBatch = tuple[np.ndarray, np.ndarray, slice]
 
@@ -139,13 +139,13 @@ class StepTally:
         self.steps = self.clipped = 0
         return mean, clipped
 
-    def check_streak(self, max_bad_steps: int, when: str, run_dir: Path) -> None:
-        """Stop the run after train.max_bad_steps non-finite steps in a row."""
+    def check_streak(self, max_bad_steps: int, when: str, run_dir: Path, lr: float) -> None:
+        """Stop the run after train.max_bad_steps non-finite steps in a row, naming the last
+        finite checkpoint and the resume command (health.py)."""
         if self.longest_streak >= max_bad_steps:
             raise TrainingStopped(
-                f"{self.longest_streak} non-finite steps in a row {when}; stopped. "
-                f"The last checkpoint in {run_dir / CHECKPOINTS} is intact; lower "
-                "optim.lr or optim.clip_norm and resume with --resume --set optim.lr=..."
+                f"{self.longest_streak} non-finite steps in a row {when}; stopped; "
+                + recovery_hint(run_dir, lr)
             )
 
 
@@ -209,7 +209,9 @@ class HostGuard:
                 f"step {step + 1}: non-finite loss or gradient, step skipped "
                 f"({tally.bad_streak} in a row)"
             )
-            tally.check_streak(c.config.train.max_bad_steps, f"at step {step + 1}", c.run_dir)
+            tally.check_streak(
+                c.config.train.max_bad_steps, f"at step {step + 1}", c.run_dir, c.config.optim.lr
+            )
             return detach_state(old_state), stop, False
         optimizer.step()
         tally.bad_streak = tally.longest_streak = 0
@@ -350,7 +352,9 @@ class DeviceStepGuard:
                 f"by step {step}: {int(bad)} non-finite step(s) skipped "
                 f"({int(longest)} in a row at most)"
             )
-        tally.check_streak(c.config.train.max_bad_steps, f"by step {step}", c.run_dir)
+        tally.check_streak(
+            c.config.train.max_bad_steps, f"by step {step}", c.run_dir, c.config.optim.lr
+        )
 
 
 StepGuard = HostGuard | DeviceStepGuard

@@ -204,9 +204,12 @@ class PlainModel(nn.Module):
         return self.decoder(output), state
 
 
+_TORCH_THREADS = torch.get_num_threads()  # PyTorch's own default, before anything changes it
+
+
 def plain_train(spec: Spec, data_dir: Path, threads: int) -> float:
     """tokens/s of a plain loop: RMSProp, clip_grad_norm_, truncated BPTT on batchified ids."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or _TORCH_THREADS)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = load_prepared(data_dir)
     vocab = int(data.meta["vocab_size"])
@@ -240,7 +243,7 @@ def plain_train(spec: Spec, data_dir: Path, threads: int) -> float:
 
 def sampling(spec: Spec, vocab: int, threads: int, rounds: int, seconds: float) -> dict[str, float]:
     """Batch-1 sampling tokens/s, lean step vs the module on a length-1 sequence, alternated."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or _TORCH_THREADS)
     config = ModelConfig(
         cell=spec.cell,  # type: ignore[arg-type]
         layers=spec.layers,
@@ -286,7 +289,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SPECS), help="comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of plain and charlm")
-    parser.add_argument("--threads", type=int, default=1, help="training intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="training threads: 0 = each program's default (charlm: automatic; plain: PyTorch's)",
+    )  # fmt: skip
     parser.add_argument("--sample-threads", default="1,2", help="thread counts for sampling")
     parser.add_argument("--sample-seconds", type=float, default=1.5, help="per timed round")
     parser.add_argument("--prepare-mb", type=int, default=200, help="large text (0 = skip)")

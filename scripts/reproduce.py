@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 
-# Small and single-threaded (two threads collapse on a busy 2-core machine, FACTS.md).
+# Small and single-threaded (two threads collapse on a busy 2-core machine: docs/benchmarks.md, "Threads").
 QUICK_MODEL = (
     "model.layers=1",
     "model.hidden_size=128",

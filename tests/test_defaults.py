@@ -69,7 +69,7 @@ def test_sgd_trains_through_the_cli(tmp_path) -> None:
 
 
 def _model(init: str, **kwargs) -> RNNLanguageModel:
-    return seeded_model(500, init=init, hidden_size=64, embedding_dim=32, **kwargs)
+    return seeded_model(500, init=init, **{"hidden_size": 64, "embedding_dim": 32, **kwargs})
 
 
 def test_charlm_init_is_the_old_scheme() -> None:
@@ -216,3 +216,9 @@ def test_every_shipped_config_loads() -> None:
     for path in configs:
         build_config(config_file=path)
     assert build_config(config_file=configs[0].parent / "wlm-wikitext2.yaml").optim.name == "sgd"
+
+
+def test_tied_weights_start_small_under_the_pytorch_init() -> None:
+    model = _model("pytorch", tie_weights=True, hidden_size=32)
+    assert model.decoder.weight is model.embedding.weight
+    assert model.embedding.weight.abs().max() <= 0.1
