@@ -67,6 +67,9 @@ VARIANTS = {  # label: charlm settings laid over the case's
 }  # fmt: skip
 
 
+MARKOV_LENGTH = [200_000]  # characters of the Markov training text (--markov-length)
+
+
 def prepare(name: str, work: Path) -> Path:
     out = work / f"{name}-data"
     if (out / "meta.json").exists():
@@ -76,7 +79,8 @@ def prepare(name: str, work: Path) -> Path:
         synth = work / "markov"
         subprocess.run(
             [*charlm, "data", "synth", "markov", "--order", "2", "--alphabet", "24",
-             "--out", str(synth)], check=True, capture_output=True,
+             "--length", str(MARKOV_LENGTH[0]), "--out", str(synth)],
+            check=True, capture_output=True,
         )  # fmt: skip
         args = [str(synth / "train.txt"), "--val-file", str(synth / "valid.txt")]
     elif name == "shakespeare":
@@ -135,8 +139,10 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--markov-length", type=int, default=200_000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    MARKOV_LENGTH[0] = args.markov_length
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict = {}
     with tempfile.TemporaryDirectory() as work, ThreadPoolExecutor(args.jobs) as pool:

@@ -33,6 +33,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_average_is_the_mean_of_the_last_n(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "avg3"
     result = cli("average", run, "--last", "3", "--out", out)

@@ -90,6 +90,7 @@ def assert_matches_charlm(run: Path, step, vocab: int, layers: int) -> None:
     torch.testing.assert_close(state, expected_state, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt, load",
     [("torchscript", load_torchscript), pytest.param("onnx", load_onnx, marks=needs_onnx)],
@@ -117,6 +118,7 @@ def test_torchscript_carries_its_tokenizer_and_shape(runs, tmp_path: Path) -> No
     assert files["tokenizer.json"].decode() == load_checkpoint(runs["lstm-tied"]).tokenizer_json
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_the_readme_examples_run_as_written(
     runs, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -368,6 +368,7 @@ def test_tied_run_with_a_projection_trains_resumes_and_samples(tmp_path: Path) -
     assert text.startswith("abc") and len(text) >= 40
 
 
+@pytest.mark.slow
 def test_variable_bptt_runs_exactly_the_epochs_asked_for(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path)
     run = tmp_path / "run"

@@ -288,6 +288,7 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_with_the_holders_pid_and_kill_9_frees_the_run(
     tmp_path: Path,
 ) -> None:
@@ -316,6 +317,7 @@ def test_a_second_trainer_is_refused_with_the_holders_pid_and_kill_9_frees_the_r
     assert len(steps) == len(set(steps))  # one trainer's records, no duplicates
 
 
+@pytest.mark.slow
 def test_a_closed_output_pipe_exits_quietly(trained: Path) -> None:
     for args in (
         ["sample", trained / "run", "--length", "200000", "--seed", "1"],
