@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
+import time
 from pathlib import Path
 
 import torch
@@ -85,3 +86,11 @@ def readme_blocks(heading: str) -> list:
         else:
             blocks.append(body)
     return blocks
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    """Until another process has made `path` (a test fails after `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)

@@ -8,12 +8,12 @@ import os
 
 import pytest
 import torch
+from helpers import TINY, cli, seeded_model, train_tiny, write_corpus
 
 from charlm.config import ModelConfig, OptimConfig, build_config, config_to_dict
 from charlm.errors import ConfigError
 from charlm.model import RNNLanguageModel
 from charlm.schedules import build_optimizer
-from tests.helpers import TINY, cli, seeded_model, train_tiny, write_corpus
 
 
 def test_sgd_with_momentum_and_nesterov_builds_torch_sgd() -> None:

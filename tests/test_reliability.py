@@ -14,13 +14,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import typer
-from helpers import TINY, cli, pattern_text, train_tiny, write_corpus
+from helpers import TINY, cli, pattern_text, train_tiny, wait_for, write_corpus
 
 from charlm.checkpoint import load_checkpoint, resolve_checkpoint
 from charlm.cli import app
@@ -281,13 +280,6 @@ def _spawn(*args: str | Path) -> subprocess.Popen:
     )
 
 
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_a_second_trainer_is_refused_with_the_holders_pid_and_kill_9_frees_the_run(
     tmp_path: Path,
@@ -298,7 +290,7 @@ def test_a_second_trainer_is_refused_with_the_holders_pid_and_kill_9_frees_the_r
         "--set", "train.max_steps=100000", "--set", "train.checkpoint_every=5",
     )  # fmt: skip
     try:
-        _wait_for(run / "checkpoints" / "latest.json")
+        wait_for(run / "checkpoints" / "latest.json")
         second = _spawn("train", "--out", run, "--resume", "-q")
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2, err

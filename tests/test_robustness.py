@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY, cli, write_corpus
+from helpers import TINY, cli, wait_for, write_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,20 +105,13 @@ def _spawn_training(corpus: Path, run: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_and_say_how_to_resume(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path)
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         run = tmp_path / f"run-{code}"
         process = _spawn_training(corpus, run)
-        _wait_for(run / "checkpoints" / "latest.json")
+        wait_for(run / "checkpoints" / "latest.json")
         process.send_signal(sig)
         _, err = process.communicate(timeout=60)
         assert process.returncode == code, err
@@ -140,7 +133,7 @@ def test_kill_9_never_leaves_the_run_unloadable(tmp_path: Path) -> None:
         process = _spawn_training(
             corpus, run, "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=2"
         )
-        _wait_for(run / "checkpoints" / "latest.json")
+        wait_for(run / "checkpoints" / "latest.json")
         time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
