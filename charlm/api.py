@@ -133,8 +133,7 @@ class LanguageModel:
             prime, length, temperature, top_k, top_p, seed, 1, sentences, min_words
         )
         options.validate()  # now, not at the first next()
-        for _, piece in self.pieces(options):
-            yield piece
+        return (piece for _, piece in self.pieces(options))
 
     def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
         """(sample index, piece) for every sample of `options` (several at once: num_samples)."""

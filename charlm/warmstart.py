@@ -22,7 +22,7 @@ from charlm.config import OptimConfig, RunConfig, build_config, config_changes, 
 from charlm.errors import CheckpointError, UsageError
 from charlm.model import RNNLanguageModel
 from charlm.schedules import patch_resumed_optimizer
-from charlm.tokenizer import special_ids, tokenizer_level
+from charlm.tokenizer import load_tokenizer, special_ids, tokenizer_level
 
 KEEP_CHOICES = ("optimizer", "step")
 # Settings that decide the weights' shapes: the source's weights cannot fill another shape.
@@ -169,13 +169,12 @@ def check_vocabulary(tokenizer: Tokenizer, level: str, path: Path) -> None:
 
 
 def _check_same_vocabulary(warm: WarmStart, data_dir: Path) -> None:
-    """--data with --init-from: the folder must be encoded with the source's own vocabulary."""
-    tokenizer = data_dir / "tokenizer.json"
-    text = tokenizer.read_text(encoding="utf-8") if tokenizer.is_file() else None
-    if (
-        text is None
-        or Tokenizer.from_str(text).to_str() != Tokenizer.from_str(warm.tokenizer_json).to_str()
-    ):
+    """--data with --init-from: the folder must be encoded with the source's own vocabulary
+    (a folder without a tokenizer is refused later, as for any --data)."""
+    path = data_dir / "tokenizer.json"
+    if not path.is_file():
+        return
+    if load_tokenizer(path).to_str() != Tokenizer.from_str(warm.tokenizer_json).to_str():
         raise UsageError(
             f"--data {data_dir}: prepared with another vocabulary than --init-from "
             f"{warm.source.path}; pass the text itself (charlm train TEXT --init-from ...), "
