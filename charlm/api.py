@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,26 +96,12 @@ class LanguageModel:
         """Readable text for ids, as `charlm sample` prints them."""
         return decode(self.tokenizer, self.level, list(ids))
 
-    def generate(
-        self,
-        prime: str = "",
-        length: int = 500,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        *,
-        sentences: bool | None = None,
-        min_words: int = 0,
-    ) -> str:
-        """Text that starts with `prime` and continues for `length` tokens; the same seed gives
-        the same text as `charlm sample --seed`. Options as `charlm sample`'s."""
-        return "".join(
-            self.stream(
-                prime, length, temperature, top_k, top_p, seed,
-                sentences=sentences, min_words=min_words,
-            )
-        )  # fmt: skip
+    def generate(self, *args: Any, **kwargs: Any) -> str:
+        """Text that starts with `prime` and continues for `length` tokens: `stream`'s pieces
+        joined, with its arguments (prime, length, temperature, top_k, top_p, seed, and
+        sentences, min_words for word models). The same seed gives the text that
+        `charlm sample --seed` prints."""
+        return "".join(self.stream(*args, **kwargs))
 
     def stream(
         self,
@@ -128,7 +115,8 @@ class LanguageModel:
         sentences: bool | None = None,
         min_words: int = 0,
     ) -> Iterator[str]:
-        """`generate`'s text in pieces, each yielded as soon as it is made."""
+        """The generated text in pieces, each yielded as soon as it is made; the options are
+        `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token)."""
         options = SampleOptions(
             prime, length, temperature, top_k, top_p, seed, 1, sentences, min_words
         )
@@ -173,6 +161,12 @@ class LanguageModel:
         column = csv_column or self.config.data.csv_column
         raw = read_text(Path(path), errors=errors, csv_column=column)
         return self.score(raw, batch_size=batch_size, source=str(path))
+
+
+# help(lm.generate) shows stream's arguments, which it takes.
+LanguageModel.generate.__signature__ = inspect.signature(LanguageModel.stream).replace(  # type: ignore[attr-defined]
+    return_annotation="str"
+)
 
 
 def load(path: Path | str, *, device: str = "auto", which: str = "best") -> LanguageModel:
