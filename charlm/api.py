@@ -116,7 +116,8 @@ class LanguageModel:
         min_words: int = 0,
     ) -> Iterator[str]:
         """The generated text in pieces, each yielded as soon as it is made; the options are
-        `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token)."""
+        `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token;
+        seed None draws one, so each call differs)."""
         options = SampleOptions(
             prime, length, temperature, top_k, top_p, seed, 1, sentences, min_words
         )

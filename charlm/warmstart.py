@@ -83,6 +83,12 @@ class WarmStart:
                 f"--init-keep optimizer: the source used optim.name={self.source.config.optim.name}"
                 f" but this run sets optim.name={config.optim.name}; keep one or drop the option"
             )
+        steps = config.train.max_steps
+        if "step" in self.keep and steps and steps <= self.source.step:
+            raise UsageError(
+                f"--init-keep step: the source is at step {self.source.step:,} and "
+                f"train.max_steps={steps} would train no step; set train.max_steps above it"
+            )
         return config
 
     def apply(

@@ -137,6 +137,7 @@ REFUSED = [  # (extra arguments, the refusal's text)
     (["--set", "data.level=word"], "data.level: 'char' (source) vs 'word' (requested)"),
     (["--init-keep", "weights"], "--init-keep 'weights' is not one of: optimizer, step"),
     (["--init-keep", "optimizer", "--set", "optim.name=adam"], "optim.name=rmsprop"),
+    (["--init-keep", "step"], "would train no step; set train.max_steps above it"),
     (["--resume"], "--init-from starts a new run"),
     (["--out", "RUN"], "lies inside --out"),
     (["--data", "RUN/data"], None),  # allowed: the source's own vocabulary (checked below)
