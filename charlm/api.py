@@ -21,16 +21,17 @@ True
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tokenizers import Tokenizer
 
 from charlm.config import RunConfig
-from charlm.errors import UsageError
+from charlm.errors import CharlmError, UsageError, environment_error
 from charlm.evaluate import EvalResult, score_text
 from charlm.prepare import read_text
 from charlm.sample import SampleOptions, Sampler
@@ -39,6 +40,27 @@ from charlm.train import TrainResult
 from charlm.train import train as run_train
 
 __all__ = ["EvalResult", "LanguageModel", "TrainResult", "load", "train"]
+
+F = TypeVar("F", bound=Any)
+
+
+def _charlm_errors(func: F) -> F:
+    """What the machine caused (disk full, read-only, permissions) comes out as the CharlmError
+    the command line prints for it, like every other error of the API."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CharlmError:
+            raise
+        except OSError as exc:
+            found = environment_error(exc)
+            if found is None:
+                raise
+            raise found from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LanguageModel:
@@ -150,6 +172,7 @@ class LanguageModel:
             source=source,
         )
 
+    @_charlm_errors
     def score_file(
         self,
         path: Path | str,
@@ -170,6 +193,7 @@ LanguageModel.generate.__signature__ = inspect.signature(LanguageModel.stream).r
 )
 
 
+@_charlm_errors
 def load(path: Path | str, *, device: str = "auto", which: str = "best") -> LanguageModel:
     """Open a run directory (its best checkpoint, or `which="latest"`) or a checkpoint folder.
 
@@ -180,6 +204,7 @@ def load(path: Path | str, *, device: str = "auto", which: str = "best") -> Lang
     return LanguageModel(Sampler(Path(path), device=device, which=which))
 
 
+@_charlm_errors
 def train(
     text: Path | str | None = None,
     *,

@@ -141,6 +141,26 @@ def test_api_errors_are_charlms_with_the_clis_messages(folder: Path, tmp_path: P
     assert not (tmp_path / "r").exists()
 
 
+def test_a_machine_fault_is_the_clis_one_line_error_not_an_oserror(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import charlm.prepare
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", "data/train.bin")
+
+    monkeypatch.setattr(charlm.prepare, "_write_ids", read_only)
+    with pytest.raises(charlm.errors.CharlmError) as raised:
+        charlm.train(folder / "input.txt", out=tmp_path / "r", overrides=TINY_SETTINGS,
+                     progress=False)  # fmt: skip
+    result = cli("train", folder / "input.txt", "--out", tmp_path / "cli", "-q", *TINY)
+    assert result.exit_code == raised.value.exit_code == 1
+    assert result.stderr.strip() == f"charlm: error: {raised.value}"
+    assert str(raised.value).startswith("data/train.bin: read-only file system")
+
+
 def test_charlm_train_trains_exactly_as_the_cli_does(folder: Path, tmp_path: Path) -> None:
     settings = {**TINY_SETTINGS, "train.max_steps": 10, "model.dropout": 0.1}
     result = charlm.train(
