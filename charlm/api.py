@@ -155,10 +155,16 @@ class LanguageModel:
         self._sampler.check_memory(options)
 
     def score(
-        self, text: str, *, batch_size: int | None = None, source: str = "the text"
+        self,
+        text: str,
+        *,
+        batch_size: int | None = None,
+        source: str = "the text",
+        mask: Path | str | None = None,
     ) -> EvalResult:
         """loss (nats/token), perplexity and bits_per_char of `text` (also tokens, chars):
-        the numbers `charlm evaluate` gives for a file holding it."""
+        the numbers `charlm evaluate` gives for a file holding it. A `mask` file (a synthetic
+        task's NAME.mask) scores only the targets it marks and adds the task metrics."""
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
         sampler = self._sampler
@@ -170,6 +176,8 @@ class LanguageModel:
             level=sampler.level,
             batch_size=batch_size,
             source=source,
+            mask=Path(mask) if mask is not None else None,
+            meta=sampler.loaded.meta,
         )
 
     @_charlm_errors
@@ -180,11 +188,12 @@ class LanguageModel:
         batch_size: int | None = None,
         errors: str = "strict",
         csv_column: str | None = None,
+        mask: Path | str | None = None,
     ) -> EvalResult:
         """`score` of a .txt or .csv file (by default the column the run trained on)."""
         column = csv_column or self.config.data.csv_column
         raw = read_text(Path(path), errors=errors, csv_column=column)
-        return self.score(raw, batch_size=batch_size, source=str(path))
+        return self.score(raw, batch_size=batch_size, source=str(path), mask=mask)
 
 
 # help(lm.generate) shows stream's arguments, which it takes.

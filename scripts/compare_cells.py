@@ -401,6 +401,7 @@ def main() -> None:
             length=args.length,
             valid_length=args.valid_length,
             seed=args.seed,
+            score="all",  # every character scored, as this comparison was measured
         )
         vocab = 1 + len(read_truth(task_dir)["alphabet"])  # + charlm's unknown-character token
         target = parameters("lstm", args.hidden, args.embedding, vocab)
