@@ -299,11 +299,16 @@ def test_two_processes_match_one_and_resume_on_two_or_one(tmp_path: Path) -> Non
     assert steps.count(8) == 2  # one train and one val record: only rank 0 writes
 
 
+def _training_logged(run_dir: Path) -> bool:
+    """A train record exists: both ranks have passed steps together, so both are inside the
+    loop with their signal handlers installed (the start record alone came too early)."""
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and '"kind": "train"' in path.read_text(encoding="utf-8")
+
+
 def _wait_for_training(run_dir: Path, procs: list[subprocess.Popen], tmp_path: Path) -> None:
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while (
-        not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").stat().st_size
-    ):
+    while not _training_logged(run_dir):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             for proc in procs:
                 proc.kill()
