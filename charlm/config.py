@@ -214,6 +214,15 @@ class TrainConfig:
     tar_beta: float = 0.0  # temporal activation regularisation (AWD-LSTM: 1)
     variable_bptt: bool = False  # AWD-LSTM's random window: seq_len (p=0.95) or half, then N(., 5)
     patience: int = 0  # stop after this many evaluations without a new best (0 = never)
+    # At each evaluation, print and log (metrics.jsonl kind "sample") sample_length tokens drawn
+    # at sample_temperature from a generator of its own: the weights trained are the same with
+    # it off (evalsample.py). On by default: a few milliseconds per evaluation.
+    sample_every_eval: bool = True
+    sample_length: int = 200
+    sample_temperature: float = 1.0
+    # Also write the metrics as TensorBoard event files in RUN_DIR/tensorboard (the
+    # `tensorboard` extra: pip install 'charlm-rnn[tensorboard]').
+    tensorboard: bool = False
 
     def validate(self) -> list[str]:
         problems = []
@@ -239,6 +248,13 @@ class TrainConfig:
             problems.append(f"train.grad_accum must be at least 1 (got {self.grad_accum})")
         if self.dist_timeout_s <= 0:
             problems.append(f"train.dist_timeout_s must be positive (got {self.dist_timeout_s})")
+        if self.sample_length < 1:
+            problems.append(f"train.sample_length must be at least 1 (got {self.sample_length})")
+        if self.sample_temperature < 0:
+            problems.append(
+                f"train.sample_temperature must be 0 (greedy) or positive "
+                f"(got {self.sample_temperature})"
+            )
         for name in ("ar_alpha", "tar_beta", "patience"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
@@ -317,6 +333,10 @@ RESUME_SAFE_KEYS = frozenset(
         "optim.plateau_patience",
         "optim.nonmono",
         "train.patience",
+        "train.sample_every_eval",
+        "train.sample_length",
+        "train.sample_temperature",
+        "train.tensorboard",
     }
 )
 

@@ -1,0 +1,225 @@
+"""Watching a run: timestamps, elapsed time over resumes, the sample at each evaluation, the
+progress display, TensorBoard event files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+import charlm.metrics as metrics
+from charlm.metrics import TrainingDisplay, read_metrics
+from charlm.train import train
+from tests.helpers import TINY, cli, write_corpus
+
+STATUS = "loss 1.234  12,345 tok/s  |g| 0.52  clipped 3%"
+
+
+def overrides(*extra: str) -> list[str]:
+    pairs = list(TINY) + [x for item in extra for x in ("--set", item)]
+    return [pairs[i + 1] for i in range(0, len(pairs), 2)]
+
+
+def run(path: Path, corpus: Path | None, steps: int, *extra: str, resume: bool = False) -> None:
+    settings = overrides(f"train.max_steps={steps}", *extra)
+    train(path, text=corpus, overrides=settings, resume=resume, show_progress=False)
+
+
+def weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def of_kind(run_dir: Path, kind: str) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind]
+
+
+# -- metrics.jsonl: time, elapsed_s, tokens ----------------------------------------------------
+
+
+def test_every_record_carries_its_wall_clock_time_in_utc(tmp_path: Path) -> None:
+    before = datetime.now(timezone.utc)
+    run(tmp_path / "run", write_corpus(tmp_path), 20)
+    after = datetime.now(timezone.utc)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert {r["kind"] for r in records} == {"start", "train", "val", "sample"}
+    times = [datetime.fromisoformat(r["time"]) for r in records]
+    assert all(t.utcoffset().total_seconds() == 0 for t in times)  # type: ignore[union-attr]
+    assert before <= times[0] and times == sorted(times) and times[-1] <= after
+
+
+def test_elapsed_time_and_tokens_go_on_across_a_resume(tmp_path: Path) -> None:
+    corpus, halves = write_corpus(tmp_path), tmp_path / "halves"
+    run(halves, corpus, 15)
+    state = json.loads((halves / "checkpoints" / "step-00000015" / "state.json").read_text())
+    assert state["elapsed_s"] > 0 and state["tokens"] == 15 * 64
+    run(halves, None, 30, resume=True)
+    records = [r for r in read_metrics(halves / "metrics.jsonl") if r["kind"] in ("train", "val")]
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed), elapsed  # before the fix it restarted near 0
+    resumed = [r for r in records if r["step"] > 15]
+    assert resumed and all(r["elapsed_s"] > state["elapsed_s"] for r in resumed)
+    # 4 streams x 16 tokens per step, no epoch boundary in 30 steps: tokens = 64 x step.
+    assert all(r["tokens"] == 64 * r["step"] for r in records)
+
+
+# -- the sample at each evaluation -------------------------------------------------------------
+
+
+def test_the_sample_at_each_evaluation_leaves_the_training_unchanged(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    dropout = ("model.dropout=0.3", "model.layers=2")  # dropout draws from the global generator
+    run(tmp_path / "on", corpus, 20, *dropout, "train.sample_length=30")
+    run(tmp_path / "off", corpus, 20, *dropout, "train.sample_every_eval=false")
+    assert same_weights(weights(tmp_path / "on", 20), weights(tmp_path / "off", 20))
+    samples = of_kind(tmp_path / "on", "sample")
+    assert [s["step"] for s in samples] == [10, 20]
+    assert all(len(s["text"]) == 30 and set(s["text"]) <= set("abcdxyz \n") for s in samples)
+    assert of_kind(tmp_path / "off", "sample") == []
+    assert of_kind(tmp_path / "on", "val") != []
+
+
+def test_a_resumed_run_trains_and_samples_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    common = ("model.dropout=0.3", "model.layers=2", "train.sample_length=40")
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    run(straight, corpus, 30, *common)
+    run(halves, corpus, 15, *common)
+    run(halves, None, 30, *common, resume=True)
+    assert same_weights(weights(straight, 30), weights(halves, 30))
+    texts = [{s["step"]: s["text"] for s in of_kind(r, "sample")} for r in (straight, halves)]
+    assert texts[0] == {step: texts[1][step] for step in (10, 20, 30)}
+    assert len(set(texts[0].values())) == 3  # each evaluation draws its own text
+
+
+def test_the_sample_is_printed_at_each_evaluation(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    settings = [x for item in overrides("train.max_steps=10", "train.sample_length=25")
+                for x in ("--set", item)]  # fmt: skip
+    result = cli("train", corpus, "--out", tmp_path / "run", *settings)
+    assert result.exit_code == 0, result.stderr
+    text = of_kind(tmp_path / "run", "sample")[0]["text"]
+    assert f"step 10 sample:\n{text.rstrip()}" in result.stderr
+
+
+# -- the progress display ----------------------------------------------------------------------
+
+
+def rendered(display: TrainingDisplay, width: int = 80) -> str:
+    out = Console(width=width, record=True, file=io.StringIO())
+    out.print(display._progress.get_renderable())  # type: ignore[union-attr]
+    return out.export_text()
+
+
+def test_the_bar_keeps_the_loss_between_log_steps_and_whole_times_at_80_columns() -> None:
+    terminal = Console(file=io.StringIO(), width=80, force_terminal=True)
+    display = TrainingDisplay(2000, 0, console=terminal)
+    try:
+        display.update(10, STATUS, is_log_step=True)
+        display.update(11, None, is_log_step=False)  # what the loop does between log steps
+        line = rendered(display)
+    finally:
+        display.close()
+    assert "11/2000" in line and "loss 1.234" in line, line  # before: the status vanished
+    assert len(line.splitlines()) == 1
+    # Elapsed and ETA whole (before, at 80 columns: "0:0…" and "-:--:…").
+    assert "0:00:00 eta " in line and "…" not in line.split("0:00:00 eta ")[1], line
+
+
+def test_plain_progress_lines_carry_elapsed_time_and_eta(capsys: pytest.CaptureFixture) -> None:
+    plain = Console(file=io.StringIO(), width=80)  # not a terminal
+    display = TrainingDisplay(100, 20, console=plain)
+    display.started -= 8.0  # 30 steps in 8 s: the other 50 take about 13.3 s
+    display.update(50, STATUS, is_log_step=True)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"step 50/100 {STATUS}")
+    assert line.endswith("elapsed 0:00:08  eta 0:00:13"), line
+
+
+def test_header_lines_are_not_wrapped_at_80_columns_off_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "stderr", Console(stderr=True, width=80))  # as in a CI log
+    corpus = write_corpus(tmp_path)
+    settings = [x for item in overrides("train.max_steps=2") for x in ("--set", item)]
+    result = cli("train", corpus, "--out", tmp_path / "run", *settings)
+    assert result.exit_code == 0, result.stderr
+    header = next(line for line in result.stderr.splitlines() if line.startswith("charlm: gru"))
+    assert len(header) > 80 and header.endswith("steps on cpu, seed 1"), result.stderr
+
+
+# -- TensorBoard -------------------------------------------------------------------------------
+
+
+def event_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    ).EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def test_tensorboard_holds_the_records_of_metrics_jsonl(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    run(tmp_path / "run", write_corpus(tmp_path), 20, "train.tensorboard=true")
+    scalars = event_scalars(tmp_path / "run" / "tensorboard")
+    for kind, key in (("train", "loss"), ("train", "lr"), ("val", "val_loss"), ("val", "tokens")):
+        logged = [(r["step"], r[key]) for r in of_kind(tmp_path / "run", kind)]
+        assert [s for s, _ in scalars[f"{kind}/{key}"]] == [s for s, _ in logged]
+        values = [v for _, v in scalars[f"{kind}/{key}"]]
+        assert values == pytest.approx([v for _, v in logged], rel=1e-6)  # float32 in the file
+    assert "val/grad_norm_layers/0" in scalars
+    texts = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    texts.Reload()
+    events = texts.Tensors("sample/text_summary")
+    samples = of_kind(tmp_path / "run", "sample")
+    assert [e.step for e in events] == [s["step"] for s in samples] == [10, 20]
+    first_line = samples[0]["text"].split("\n")[0]
+    assert f"    {first_line}".encode() in events[0].tensor_proto.string_val[0]
+
+
+def test_a_resume_replaces_what_tensorboard_got_after_the_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    corpus, board = write_corpus(tmp_path), ("train.tensorboard=true",)
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    run(straight, corpus, 30, *board)
+    run(halves, corpus, 20, *board)
+    # As if the process had died after logging step 20 but before saving it: back to step 10.
+    shutil.rmtree(halves / "checkpoints" / "step-00000020")
+    latest = {"name": "step-00000010", "step": 10}
+    (halves / "checkpoints" / "latest.json").write_text(json.dumps(latest))
+    run(halves, None, 30, *board, resume=True)
+    a, b = event_scalars(straight / "tensorboard"), event_scalars(halves / "tensorboard")
+    assert [s for s, _ in b["train/loss"]] == [5, 10, 15, 20, 25, 30]  # no step twice
+    assert b["train/loss"] == a["train/loss"] and b["val/val_loss"] == a["val/val_loss"]
+
+
+def test_tensorboard_without_the_extra_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    corpus = write_corpus(tmp_path)
+    result = cli("train", corpus, "--out", tmp_path / "run", "--set", "train.tensorboard=true")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "charlm: error: train.tensorboard=true needs the tensorboard package: "
+        "pip install 'charlm-rnn[tensorboard]' (or --set train.tensorboard=false)"
+    ]
+    assert not (tmp_path / "run").exists()
