@@ -223,3 +223,66 @@ def test_tensorboard_without_the_extra_is_refused_before_anything_is_written(
         "pip install 'charlm-rnn[tensorboard]' (or --set train.tensorboard=false)"
     ]
     assert not (tmp_path / "run").exists()
+
+
+# -- charlm plot: runs overlaid against step, tokens or time -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("overlay")
+    corpus = write_corpus(root)
+    runs = [root / "small", root / "wide"]
+    run(runs[0], corpus, 20)
+    run(runs[1], corpus, 20, "model.hidden_size=32")
+    return runs
+
+
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures charlm plot makes, kept (and still written)."""
+    import charlm.plots as plots
+
+    figures, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
+    return figures
+
+
+@pytest.mark.parametrize(("x", "key", "label"), [("step", "step", "step"),
+    ("tokens", "tokens", "training tokens"), ("time", "elapsed_s", "training time (s)")])  # fmt: skip
+def test_plot_overlays_runs_against_the_axis_asked_for(
+    two_runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, x: str, key: str,
+    label: str,
+) -> None:  # fmt: skip
+    figures = drawn(monkeypatch)
+    out = tmp_path / "overlay.png"
+    result = cli("plot", *two_runs, "--x", x, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+    (fig,) = figures
+    loss, bpc, grad = fig.axes
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["small", "wide"]
+    assert {ax.get_xlabel() for ax in fig.axes} == {label}
+    assert loss.get_shared_x_axes().joined(loss, grad)
+    for index, run_dir in enumerate(two_runs):  # faint train line, then validation dots
+        train_line, val_line = loss.get_lines()[2 * index : 2 * index + 2]
+        assert list(train_line.get_xdata()) == [r[key] for r in of_kind(run_dir, "train")]
+        assert list(val_line.get_ydata()) == [r["val_loss"] for r in of_kind(run_dir, "val")]
+    caption = fig.texts[-1].get_text()
+    assert caption.startswith(f"2 run(s) against {label}; best validation loss: small ")
+
+
+def test_plot_against_tokens_refuses_a_run_that_never_counted_them(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    old = Path(__file__).parent / "fixtures" / "old_checkpoints" / "gru"
+    out = tmp_path / "overlay.png"
+    result = cli("plot", two_runs[0], old, "--x", "tokens", "--out", out)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"charlm: error: {old / 'metrics.jsonl'}: its records have no tokens (a run from before "
+        "charlm 0.2, or resumed from one); plot it with --x step"
+    ]
+    assert not out.exists()
+    assert cli("plot", old, "--x", "step", "--out", out).exit_code == 0
+    wrong = cli("plot", old, "--x", "epochs", "--out", tmp_path / "other.png")
+    assert wrong.exit_code == 2 and "--x must be one of step, tokens, time" in wrong.stderr
