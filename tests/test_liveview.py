@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +20,7 @@ from safetensors.torch import load_file
 import charlm.metrics as metrics
 from charlm.metrics import TrainingDisplay, read_metrics
 from charlm.train import train
-from tests.helpers import TINY, cli, write_corpus
+from tests.helpers import TINY, cli, readme_blocks, write_corpus
 
 STATUS = "loss 1.234  12,345 tok/s  |g| 0.52  clipped 3%"
 
@@ -286,3 +288,39 @@ def test_plot_against_tokens_refuses_a_run_that_never_counted_them(
     assert cli("plot", old, "--x", "step", "--out", out).exit_code == 0
     wrong = cli("plot", old, "--x", "epochs", "--out", tmp_path / "other.png")
     assert wrong.exit_code == 2 and "--x must be one of step, tokens, time" in wrong.stderr
+
+
+# -- the README's examples ---------------------------------------------------------------------
+
+
+def test_the_readme_examples_of_watching_a_run_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path, name="input.txt")
+    line, sample, board, plots = readme_blocks("## Watching a run")
+    tiny = [x for item in overrides("train.max_steps=10") for x in ("--set", item)]
+    printed = []
+    for command in [*sample, *board, *plots]:
+        if command[0] == "tensorboard":
+            done = subprocess.run(
+                [str(Path(sys.executable).parent / "tensorboard"), *command[1:]],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0 and "train/loss" in done.stdout, done.stderr
+            continue
+        assert command[0] == "charlm", command
+        extra = tiny if command[1] == "train" else []
+        result = cli(*command[1:], *extra)
+        assert result.exit_code == 0, (command, result.stderr)
+        printed += result.stderr.splitlines()
+    (first,) = of_kind(tmp_path / "runs" / "mine", "sample")
+    assert first["length"] == 80 and first["temperature"] == 0.8
+    assert (tmp_path / "runs" / "board" / "tensorboard").is_dir()
+    assert all(
+        (tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("curves.png", "by-time.png")
+    )
+    # The plain progress line shown is the shape training prints off a terminal.
+    shape = re.sub(r"\d[\d,.]*", r"\\d[\\d,.]*", re.escape(line.strip()))
+    assert any(re.fullmatch(shape, p) for p in printed), (shape, printed)

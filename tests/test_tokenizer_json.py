@@ -3,6 +3,8 @@ elsewhere"): with `tokenizers` alone, and with transformers' PreTrainedTokenizer
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from itertools import chain
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from charlm.tokenizer import (
     split_sentences,
     transformers_tokens,
 )
+from tests.helpers import readme_blocks, train_tiny, write_corpus
 
 TRAIN = (
     "The cat sat. The dog ran!\nMr. Smith said: hello world.\n"
@@ -88,3 +91,17 @@ def test_transformers_gets_the_special_tokens_and_the_same_ids(
         assert list(chain.from_iterable(ids)) == encoder.encode(text).tolist(), text
     batch = hf(["The cat", "The cat sat on"], padding=True)
     assert batch["attention_mask"][0][-1] == 0  # padded, and masked
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    (program,) = readme_blocks("### Using tokenizer.json elsewhere")
+    corpus = write_corpus(tmp_path)
+    assert train_tiny(corpus, "--out", tmp_path / "runs" / "mine", steps=2).exit_code == 0
+    done = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    tokenizer = Tokenizer.from_file(str(tmp_path / "runs" / "mine" / "data" / "tokenizer.json"))
+    ids = Encoder(tokenizer, "char").encode("The cat").tolist()
+    assert done.stdout.strip() == f"<unk> {ids}"
