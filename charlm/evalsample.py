@@ -27,6 +27,14 @@ class EvalSample:
     length: int  # tokens generated
     temperature: float
     seed: int
+    finite: bool = True  # False: the logits stopped being finite, and generation with them
+
+    @property
+    def shown(self) -> str:
+        """What training prints."""
+        if not self.finite:
+            return f"{self.text.rstrip()}[stopped: the model's outputs are not finite]"
+        return self.text.rstrip()
 
     def record(self) -> dict[str, object]:
         """The metrics.jsonl record (kind "sample")."""
@@ -37,6 +45,7 @@ class EvalSample:
             "length": self.length,
             "temperature": self.temperature,
             "seed": self.seed,
+            "finite": self.finite,
         }
 
 
@@ -66,8 +75,8 @@ def draw_sample(
     temperature: float,
     train_seed: int,
 ) -> EvalSample:
-    """`length` tokens from the model's current weights; the model and every global generator
-    are left as they were."""
+    """`length` tokens from the model's current weights (fewer when its logits stop being finite,
+    as an exploding run's do); the model and every global generator are left as they were."""
     device = model.embedding.weight.device
     seed = sample_seed(train_seed, step)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -78,12 +87,16 @@ def draw_sample(
     decoder = StreamDecoder(tokenizer, level)
     current = torch.tensor(_first_ids(tokenizer, level, special), device=device)
     state = model.initial_state(1, device)
-    pieces = []
+    pieces, finite = [], True
     for _ in range(length):
         logits, state = stepper(current, state)  # (1, vocab)
+        if not bool(torch.isfinite(logits).all()):
+            finite = False
+            break
         if banned_ids:
             logits[:, banned_ids] = float("-inf")
         current = choose(logits, temperature, 0, 1.0, generator)
         pieces.append(decoder.step(int(current[0])))
+    generated = len(pieces)
     pieces.append(decoder.finish())
-    return EvalSample(step, "".join(pieces), length, temperature, seed)
+    return EvalSample(step, "".join(pieces), generated, temperature, seed, finite)

@@ -324,3 +324,30 @@ def test_the_readme_examples_of_watching_a_run_run_as_written(
     # The plain progress line shown is the shape training prints off a terminal.
     shape = re.sub(r"\d[\d,.]*", r"\\d[\\d,.]*", re.escape(line.strip()))
     assert any(re.fullmatch(shape, p) for p in printed), (shape, printed)
+
+
+def test_draw_sample_touches_no_global_generator_and_stops_on_non_finite_logits() -> None:
+    import random
+
+    import numpy as np
+
+    from charlm.evalsample import draw_sample
+    from charlm.tokenizer import build_tokenizer
+    from tests.helpers import pattern_text, seeded_model
+
+    tokenizer = build_tokenizer("char", [pattern_text()], 0)
+    model = seeded_model(tokenizer.get_vocab_size(), hidden_size=16, embedding_dim=8, layers=1)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    args = {"step": 10, "length": 50, "temperature": 1.0, "train_seed": 1}
+    first = draw_sample(model, tokenizer, "char", **args)
+    assert draw_sample(model, tokenizer, "char", **args) == first and first.finite
+    assert len(first.text) == first.length == 50 and "<unk>" not in first.text
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.decoder.bias[3] = float("nan")  # as an exploded run's weights
+    broken = draw_sample(model, tokenizer, "char", **args)
+    assert not broken.finite and broken.length == 0 and broken.record()["finite"] is False
+    assert broken.shown == "[stopped: the model's outputs are not finite]"
