@@ -322,6 +322,18 @@ def train(
     val_fraction: Annotated[
         float | None, typer.Option(help="Last fraction held out (data.val_fraction).")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from", help="Start from this run's (or checkpoint's) weights and vocabulary."
+        ),
+    ] = None,
+    init_keep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--init-keep", help="With --init-from, also keep: optimizer, step (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Train a model; Ctrl-C saves a checkpoint, and --resume continues exactly where it stopped.
 
@@ -329,29 +341,28 @@ def train(
       charlm train --config configs/quickstart.yaml --out runs/quick
       charlm train input.txt --config configs/char-rnn.yaml --out runs/shakespeare --set train.max_steps=500
       charlm train --out runs/shakespeare --resume --set train.max_steps=5000
+      charlm train new.txt --init-from runs/shakespeare --out runs/tuned --set train.max_steps=300
     """
-    from charlm.errors import UsageError
+    from charlm.api import train as api_train
     from charlm.textsource import spooled
-    from charlm.train import train as run_train
 
-    if text is not None and data is not None:
-        raise UsageError("pass either TEXT or --data, not both")
     _refuse_flag_value(text)
-    shortcuts = [f"data.csv_column={csv_column}"] if csv_column is not None else []
-    if val_fraction is not None:
-        shortcuts.append(f"data.val_fraction={val_fraction}")
     with spooled(text) as source, spooled(val_file) as val_source:
-        result = run_train(
-            out,
-            text=source,
-            data_dir=data,
+        result = api_train(
+            source,
+            out=out,
+            data=data,
             val_file=val_source,
-            config_file=config,
-            overrides=[*shortcuts, *(overrides or [])],
+            config=config,
+            overrides=overrides or [],
             resume=resume,
             force=force,
-            show_progress=not quiet,
+            progress=not quiet,
             errors=errors,
+            csv_column=csv_column,
+            val_fraction=val_fraction,
+            init_from=init_from,
+            init_keep=init_keep or [],
         )
     if result.final is not None and not quiet and is_main_process():
         say(
@@ -364,7 +375,11 @@ def train(
 @handle_errors
 def sample(
     run: RunArg,
-    prime: Annotated[str, typer.Option(help="Text to start from.")] = "",
+    prime: Annotated[str | None, typer.Option(help="Text to start from.")] = None,
+    prime_file: Annotated[
+        Path | None,
+        typer.Option("--prime-file", help="Start from this file's text (UTF-8; - reads stdin)."),
+    ] = None,
     length: Annotated[int, typer.Option(help="Tokens per sample (max words per sentence).")] = 500,
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens (0 = off).")] = 0,
@@ -383,15 +398,21 @@ def sample(
 ) -> None:
     """Generate text, streamed to stdout as it is made.
 
-    Example: charlm sample runs/quick --prime "The " --length 300 --temperature 0.8 --seed 1
+    Examples:
+      charlm sample runs/quick --prime "The " --length 300 --temperature 0.8 --seed 1
+      charlm sample runs/quick --prime-file opening.txt --length 300
     """
     import secrets
 
-    from charlm.sample import SampleOptions, Sampler
+    from charlm.api import load
+    from charlm.errors import UsageError
+    from charlm.sample import SampleOptions, read_prime
 
+    if prime is not None and prime_file is not None:
+        raise UsageError("pass either --prime or --prime-file, not both")
     drawn = seed is None  # then a random one, told, so that a good sample can be made again
     options = SampleOptions(
-        prime,
+        read_prime(prime_file) if prime_file is not None else prime or "",
         length,
         temperature,
         top_k,
@@ -402,18 +423,17 @@ def sample(
         min_words,
     )
     options.validate()
-    sampler = Sampler(run, device=device, which=_which(which))
-    sampler.check_memory(options)
+    lm = load(run, device=device, which=_which(which))
+    lm.check_memory(options)
     if drawn:
         say(f"charlm: seed {options.seed} (pass --seed {options.seed} for this sample again)")
     streaming = num_samples == 1
-
-    def emit(index: int, piece: str) -> None:
+    texts = ["" for _ in range(num_samples)]
+    for index, piece in lm.pieces(options):
+        texts[index] += piece
         if streaming:
             sys.stdout.write(piece)
             sys.stdout.flush()
-
-    texts = sampler.generate(options, emit)
     if streaming:
         if not texts[0].endswith("\n"):
             sys.stdout.write("\n")
@@ -444,19 +464,14 @@ def evaluate(
 
     Example: charlm evaluate runs/quick --text held_out.txt --json
     """
-    from charlm.errors import UsageError
-    from charlm.evaluate import evaluate_checkpoint
+    from charlm.api import load
     from charlm.textsource import spooled
 
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     with spooled(text) as source:
-        result = evaluate_checkpoint(
-            run,
+        lm = load(run, device=device, which=_which(which))
+        result = lm.score_file(
             source,  # type: ignore[arg-type]
             batch_size=batch_size,
-            device=device,
-            which=_which(which),
             errors=errors,
             csv_column=csv_column,
         )

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
 from charlm.checkpoint import open_for_use
+from charlm.config import RunConfig
 from charlm.errors import DataError
 from charlm.model import RNNLanguageModel, detach_state
 from charlm.prepare import read_text
@@ -112,6 +113,34 @@ def evaluate_ids(
         model.train(was_training)
 
 
+def score_text(
+    model: RNNLanguageModel,
+    tokenizer: Tokenizer,
+    config: RunConfig,
+    raw: str,
+    *,
+    level: str,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    source: str = "the text",
+) -> EvalResult:
+    """Score `raw` with a model and the vocabulary it was trained with, batched as the run was
+    (`batch_size`/`seq_len` default to its training's); unseen input becomes the unknown token."""
+    ids = Encoder(tokenizer, level).encode(raw)
+    if len(ids) < 2:
+        raise DataError(f"{source}: too short to evaluate (needs at least 2 tokens)")
+    nll, predicted = evaluate_ids(
+        model,
+        ids,
+        batching=config.data.batching,
+        batch_size=batch_size or config.train.batch_size,
+        seq_len=seq_len or config.train.seq_len,
+        device=model.embedding.weight.device,
+        special_ids=special_ids(tokenizer),
+    )
+    return make_result(nll, predicted, len(ids), count_chars(raw))
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     text: Path,
@@ -129,22 +158,15 @@ def evaluate_checkpoint(
 
     Characters or words the vocabulary never saw become the unknown token, not an error.
     """
-
     loaded, model = open_for_use(checkpoint, which, device)
-    config, dev = loaded.config, model.embedding.weight.device
-    tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
-    level = loaded.meta["level"]
-    raw = read_text(text, errors=errors, csv_column=csv_column or config.data.csv_column)
-    ids = Encoder(tokenizer, level).encode(raw)
-    if len(ids) < 2:
-        raise DataError(f"{text}: too short to evaluate (needs at least 2 tokens)")
-    nll, predicted = evaluate_ids(
+    raw = read_text(text, errors=errors, csv_column=csv_column or loaded.config.data.csv_column)
+    return score_text(
         model,
-        ids,
-        batching=config.data.batching,
-        batch_size=batch_size or config.train.batch_size,
-        seq_len=seq_len or config.train.seq_len,
-        device=dev,
-        special_ids=special_ids(tokenizer),
+        Tokenizer.from_str(loaded.tokenizer_json),
+        loaded.config,
+        raw,
+        level=loaded.meta["level"],
+        batch_size=batch_size,
+        seq_len=seq_len,
+        source=str(text),
     )
-    return make_result(nll, predicted, len(ids), count_chars(raw))

@@ -57,9 +57,13 @@ def plan_data(
     data_dir: Path | None,
     settings: PrepareSettings,
     show: bool,
+    vocabulary: str | None = None,
 ) -> DataPlan:
     """Find (and, for a text, read and check) the run's data; refuse data a resumed run was not
-    trained on. Nothing is written: RUN/data is prepared later, from this plan."""
+    trained on. Nothing is written: RUN/data is prepared later, from this plan.
+
+    `vocabulary` (train --init-from) encodes the text with that tokenizer.json; a resumed run
+    whose data was encoded so is encoded with its own again."""
     if data_dir is None and text is None and loaded is not None:
         data_dir = Path(loaded.info["data_dir"])
         if not (data_dir / "meta.json").is_file():
@@ -76,7 +80,9 @@ def plan_data(
                 f"'{config.data.level}'; prepare again or set data.level={meta['level']}"
             )
         return DataPlan(Path(data_dir))
-    plan = plan_prepare(text, Path(run_dir) / "data", settings, show_progress=show)
+    if vocabulary is None and loaded is not None and loaded.meta.get("vocabulary_sha256"):
+        vocabulary = loaded.tokenizer_json
+    plan = plan_prepare(text, Path(run_dir) / "data", settings, show, vocabulary)
     _check_same_data(Path(text or "the built-in corpus"), plan.cache_key, loaded)
     return DataPlan(plan.out_dir, plan)
 

@@ -139,8 +139,13 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSettings) -> str:
-    payload = {
+def _cache_key(
+    input_sha256: str,
+    val_sha256: str | None,
+    settings: PrepareSettings,
+    vocabulary_sha256: str | None = None,
+) -> str:
+    payload: dict = {
         "format": FORMAT_VERSION,
         "input": input_sha256,
         "val_input": val_sha256,
@@ -157,6 +162,8 @@ def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSetti
     for name in _WORD_ONLY:
         if settings.level != "word" or getattr(settings, name) == _DEFAULTS[name]:
             del payload["settings"][name]
+    if vocabulary_sha256 is not None:  # encoded with a given vocabulary (train --init-from)
+        payload["vocabulary"] = vocabulary_sha256
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -232,9 +239,10 @@ def _write_ids(
     encoder: Encoder,
     dtype: np.dtype,
     advance: Callable[[int], None],
-) -> list[tuple[int, int]]:
-    """Encode (part, chunk) pairs into paths[part]; (tokens, largest id) for each path."""
-    counts = [[0, -1] for _ in paths]
+    unknown_id: int | None = None,
+) -> list[tuple[int, int, int]]:
+    """Encode (part, chunk) pairs into paths[part]; (tokens, largest id, unknown ids) for each."""
+    counts = [[0, -1, 0] for _ in paths]
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(open(path, "wb")) for path in paths]
         for part, chunk in chunks:
@@ -242,9 +250,11 @@ def _write_ids(
             if ids.size:
                 counts[part][1] = max(counts[part][1], int(ids.max()))
                 ids.astype(dtype).tofile(files[part])
+                if unknown_id is not None:
+                    counts[part][2] += int(np.count_nonzero(ids == unknown_id))
             counts[part][0] += int(ids.size)
             advance(len(chunk))
-    return [(tokens, largest) for tokens, largest in counts]
+    return [(tokens, largest, unknown) for tokens, largest, unknown in counts]
 
 
 @dataclass
@@ -271,24 +281,30 @@ class PreparePlan:
     inputs: _Inputs
     cache_key: str
     existing_meta: dict | None
+    vocabulary: str | None = None  # a tokenizer.json to encode with instead of training one
 
     @property
     def reuse(self) -> bool:
         meta, inputs = self.existing_meta, self.inputs
-        keys = (
-            self.cache_key,
-            *_legacy_keys(inputs.input_sha256, inputs.val_sha256, self.settings),
-        )
+        legacy = _legacy_keys(inputs.input_sha256, inputs.val_sha256, self.settings)
+        keys = (self.cache_key, *(legacy if self.vocabulary is None else ()))
         return (
             meta is not None and meta.get("cache_key") in keys and _is_complete(self.out_dir, meta)
         )
 
 
 def plan_prepare(
-    source: Path | None, out_dir: Path, settings: PrepareSettings, show_progress: bool = True
+    source: Path | None,
+    out_dir: Path,
+    settings: PrepareSettings,
+    show_progress: bool = True,
+    vocabulary: str | None = None,
 ) -> PreparePlan:
     """Every check `prepare` makes, with nothing written: settings, the output folder, the input
-    (read once: UTF-8, not binary, not empty, both parts non-empty) and its cache key."""
+    (read once: UTF-8, not binary, not empty, both parts non-empty) and its cache key.
+
+    `vocabulary` (a tokenizer.json's text, of `settings.level`) encodes the input with that
+    vocabulary instead of building one from it (train --init-from)."""
     settings.validate()
     report = _Reporter(show_progress)
     out_dir = Path(out_dir)
@@ -301,8 +317,13 @@ def plan_prepare(
             "choose an empty or new output folder"
         )
     inputs = _scan_inputs(source, settings, report)
-    cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings)
-    return PreparePlan(out_dir, settings, inputs, cache_key, existing_meta)
+    vocabulary_sha256 = _sha256(vocabulary) if vocabulary is not None else None
+    cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings, vocabulary_sha256)
+    return PreparePlan(out_dir, settings, inputs, cache_key, existing_meta, vocabulary)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def prepare(
@@ -330,8 +351,11 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     # From here on the folder is being rewritten: without meta.json it never looks complete.
     (out_dir / META_FILE).unlink(missing_ok=True)
-    tokenizer = _train_tokenizer(inputs, settings, report)
-    meta = _write_prepared(out_dir, inputs, tokenizer, settings, plan.cache_key, report)
+    if plan.vocabulary is not None:
+        tokenizer = Tokenizer.from_str(plan.vocabulary)
+    else:
+        tokenizer = _train_tokenizer(inputs, settings, report)
+    meta = _write_prepared(out_dir, inputs, tokenizer, plan, report)
     report.line(
         f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({settings.level})"
@@ -397,11 +421,11 @@ def _write_prepared(
     out_dir: Path,
     inputs: _Inputs,
     tokenizer: Tokenizer,
-    settings: PrepareSettings,
-    cache_key: str,
+    plan: PreparePlan,
     report: _Reporter,
 ) -> dict:
     """Encode both parts, write ids, tokenizer and meta under temporary names, then rename."""
+    settings = plan.settings
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)
@@ -421,13 +445,17 @@ def _write_prepared(
         for text_source, bounds, job_paths, chars in jobs:
             with report.bar("encoding", chars) as advance:
                 chunks = split_chunks(text_source.pieces(), bounds, CHUNK_CHARS)
-                results += _write_ids(chunks, job_paths, encoder, dtype, advance)
+                unknown = special_ids(tokenizer)["unk"]
+                results += _write_ids(chunks, job_paths, encoder, dtype, advance, unknown)
         counts = dict(zip((TRAIN_FILE, VAL_FILE), results, strict=True))
         if max(counts[TRAIN_FILE][1], counts[VAL_FILE][1]) >= vocab_size:
             raise DataError(
                 f"{inputs.source_name}: the tokenizer produced an id outside its vocabulary"
             )
-        save_tokenizer(tokenizer, temps[TOKENIZER_FILE])
+        if plan.vocabulary is not None:  # verbatim: the run's tokenizer hash stays the source's
+            temps[TOKENIZER_FILE].write_text(plan.vocabulary, encoding="utf-8")
+        else:
+            save_tokenizer(tokenizer, temps[TOKENIZER_FILE])
         meta = {
             "format": FORMAT_VERSION,
             "level": settings.level,
@@ -442,8 +470,13 @@ def _write_prepared(
             "train_chars": cut,
             "val_chars": inputs.val_chars,
             "special_ids": special_ids(tokenizer),
-            "cache_key": cache_key,
+            # Tokens that are the unknown token (unseen characters, words outside the vocabulary).
+            "train_unknown": counts[TRAIN_FILE][2],
+            "val_unknown": counts[VAL_FILE][2],
+            "cache_key": plan.cache_key,
         }
+        if plan.vocabulary is not None:
+            meta["vocabulary_sha256"] = _sha256(plan.vocabulary)
         temps[META_FILE].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, META_FILE):
             _fsync_replace(temps[name], out_dir / name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 from charlm.checkpoint import open_for_use
 from charlm.config import SEED_MAX
 from charlm.device import available_memory
-from charlm.errors import UsageError, human_bytes
+from charlm.errors import DataError, UsageError, environment_error, human_bytes
 from charlm.model import LeanStepper, State
 from charlm.tokenizer import Encoder, StreamDecoder, special_ids
 
@@ -51,6 +52,30 @@ class SampleOptions:
             raise UsageError(f"--min-words must not be negative (got {self.min_words})")
 
 
+def read_prime(path: Path) -> str:
+    """--prime-file: the file's text exactly (a final line break included), or stdin's for -."""
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(
+            f"--prime-file {path}: no such file; give the file to start from"
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(f"--prime-file {path}: is a folder; give a text file") from None
+    except OSError as error:
+        found = environment_error(error)
+        raise found or DataError(
+            f"--prime-file {path}: cannot read it ({error.strerror})"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"--prime-file {path}: not UTF-8 text (invalid byte at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set excluded logits to -inf: outside the top k, or outside the top-p nucleus."""
     if top_k and top_k < logits.shape[-1]:
@@ -83,6 +108,7 @@ class Sampler:
 
     def __init__(self, checkpoint: Path, device: str = "auto", which: str = "best") -> None:
         loaded, self.model = open_for_use(checkpoint, which, device)
+        self.loaded = loaded
         self.config = loaded.config
         self.level: str = loaded.meta["level"]
         self.device = self.model.embedding.weight.device
@@ -117,8 +143,17 @@ class Sampler:
                 "ask for fewer or shorter samples"
             )
 
-    @torch.inference_mode()
     def generate(self, options: SampleOptions, emit: Callable[[int, str], None]) -> list[str]:
+        """Every sample's text; `emit(sample_index, piece)` is called with each piece as made."""
+        texts = ["" for _ in range(options.num_samples)]
+        for index, piece in self.pieces(options):
+            texts[index] += piece
+            emit(index, piece)
+        return texts
+
+    @torch.inference_mode()
+    def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
+        """(sample index, text piece) as the samples are generated, the prime's pieces first."""
         options.validate()
         self.check_memory(options)
         sentence_mode = options.sentences
@@ -131,18 +166,12 @@ class Sampler:
         n = options.num_samples
         prime = self._prime_ids(options.prime)
         decoders = [StreamDecoder(self.tokenizer, self.level) for _ in range(n)]
-        texts = ["" for _ in range(n)]
-
-        def out(i: int, token: int) -> None:
-            piece = decoders[i].step(token)
-            if piece:
-                texts[i] += piece
-                emit(i, piece)
-
         if options.prime:
             for i in range(n):
                 for token in prime:
-                    out(i, token)
+                    piece = decoders[i].step(token)
+                    if piece:
+                        yield i, piece
         tokens = torch.tensor(prime, device=self.device).unsqueeze(1).expand(-1, n)  # (T, n)
         state: State = self.model.initial_state(n, self.device)
         # The prefix goes through once in the fused kernel; every later step is one token.
@@ -167,8 +196,9 @@ class Sampler:
             current = choose(logits, options.temperature, options.top_k, options.top_p, generator)
             finished = done.tolist()
             for i, token in enumerate(current.tolist()):
-                if not finished[i]:
-                    out(i, token)
+                piece = "" if finished[i] else decoders[i].step(token)
+                if piece:
+                    yield i, piece
             if sentence_mode and end_id is not None:
                 done |= current == end_id
                 if bool(done.all()):
@@ -176,6 +206,4 @@ class Sampler:
         for i, decoder in enumerate(decoders):
             tail = decoder.finish()
             if tail:
-                texts[i] += tail
-                emit(i, tail)
-        return texts
+                yield i, tail

@@ -12,8 +12,10 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,7 @@ from charlm.schedules import (
 from charlm.tblog import TensorBoardLog, check_tensorboard
 from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard, with_precision
+from charlm.warmstart import WarmStart, describe, open_warm_start
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -110,21 +113,34 @@ def train(
     force: bool = False,
     show_progress: bool = True,
     errors: str = "strict",
+    init_from: Path | None = None,
+    init_keep: Iterable[str] = (),
 ) -> TrainResult:
     """Train a model into `run_dir`, or continue the run there with `resume`.
 
     Data comes from `data_dir` (made by `charlm prepare`), else `text` is prepared into
     RUN_DIR/data (cached; `errors="replace"` accepts invalid UTF-8), else the built-in corpus is.
+    `init_from` starts from another run's weights and vocabulary (warmstart.py).
     """
     run_dir = Path(run_dir)
-    config, loaded = _open_run(run_dir, data_dir, config_file, overrides, resume, force)
+    warm = None
+    if init_from is not None:
+        warm = open_warm_start(init_from, init_keep, run_dir, resume=resume, data_dir=data_dir)
+    config, loaded = _open_run(run_dir, data_dir, config_file, overrides, resume, force, warm)
     # Every refusal is decided here, before the run directory is touched (README, "Resuming
     # and recovering"): the data is found and checked, not yet prepared.
-    check_memory(config, vocab_estimate(config, loaded, data_dir))
+    check_memory(config, vocab_estimate(config, loaded or (warm and warm.source), data_dir))
     check_tensorboard(config.train.tensorboard)
     settings = PrepareSettings.from_config(config.data, val_file, errors)
     plan = plan_data(
-        run_dir, config, loaded, text, data_dir, settings, show_progress and is_main_process()
+        run_dir,
+        config,
+        loaded,
+        text,
+        data_dir,
+        settings,
+        show_progress and is_main_process(),
+        vocabulary=warm.tokenizer_json if warm else None,
     )
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
@@ -133,7 +149,7 @@ def train(
         device = resolve_device(config.train.device, dist.local_rank)
         with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
         with _run_lock(run_dir, dist, loaded):
-            result = Trainer(run_dir, config, dist, loaded, plan, force, show_progress).run()
+            result = Trainer(run_dir, config, dist, loaded, plan, force, show_progress, warm).run()
     except RuntimeError as exc:
         if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
             # No orderly teardown of a broken group: it can block on the dead peer.
@@ -154,6 +170,7 @@ def _open_run(
     overrides: tuple[str, ...] | list[str],
     resume: bool,
     force: bool,
+    warm: WarmStart | None = None,
 ) -> tuple[RunConfig, LoadedCheckpoint | None]:
     """The run's settings and, with `resume`, its latest checkpoint; refuses what cannot be."""
     if resume and force:
@@ -172,11 +189,14 @@ def _open_run(
         refuse_unsafe_changes(loaded.config, config, run_dir)
         loaded.preload_optimizer_state()  # a damaged or unsafe file is refused now
         return config, loaded
-    if data_dir is not None:
+    if data_dir is not None and warm is None:
         # Prepared data says what it is: its level overrides the config file's (an explicit
         # --set data.level still wins, and must then agree).
         overrides = [*_prepared_settings(Path(data_dir)), *overrides]
-    config = build_config(config_file=config_file, overrides=overrides)
+    if warm is not None:  # the source's settings; its shape and vocabulary cannot change
+        config = warm.config(config_file, overrides)
+    else:
+        config = build_config(config_file=config_file, overrides=overrides)
     if is_run_dir(run_dir) and not force:
         raise UsageError(
             f"{run_dir} already holds a run; pass --resume to continue it, "
@@ -225,8 +245,10 @@ class Trainer:
         plan: DataPlan,
         force: bool,
         show_progress: bool,
+        warm: WarmStart | None = None,
     ) -> None:
         self.run_dir, self.config, self.dist, self.loaded = run_dir, config, dist, loaded
+        self.warm = warm
         self.plan, self.force = plan, force
         self.show = show_progress and dist.is_main
         self.device = resolve_device(config.train.device, dist.local_rank)
@@ -293,6 +315,8 @@ class Trainer:
         averaging, carried state and every generator (resume.py)."""
         loaded, dist = self.loaded, self.dist
         if loaded is None:
+            if self.warm is not None:
+                self.step = self.warm.apply(self.model, self.optimizer, self.config.optim)
             return
         self.model.load_state_dict(loaded.build_model(self.device).state_dict())
         self.optimizer.load_state_dict(loaded.optimizer_state())
@@ -326,12 +350,21 @@ class Trainer:
             mirror=board,
         )
         t = self.config.train
+        warm = self.warm.summary(self.data.meta) if self.warm else {}
         self.metrics.write(
-            {"kind": "start", "step": self.step, "seed": t.seed, "resumed": self.loaded is not None}
+            {
+                "kind": "start",
+                "step": self.step,
+                "seed": t.seed,
+                "resumed": self.loaded is not None,
+                **warm,
+            }
         )
         self.explosion = ExplosionWatch(self.vocab_size)
         if self.show:
             self._print_header()
+            if warm:
+                print_line(describe(warm, self.vocab_size))
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)  # for the samples
         self.display = TrainingDisplay(self.total_steps, self.step, enabled=self.show)
@@ -770,3 +803,17 @@ def _evaluate_split(
         )
     total = dist.all_reduce_sum(torch.tensor([nll, predicted], dtype=torch.float64, device=device))
     return float(total[0]), int(total[1])
+
+
+class _CallableModule(types.ModuleType):
+    """`charlm.train(...)`, the Python API's `charlm.api.train`, although `charlm.train` is also
+    this module (Python sets a package's attribute to its submodule once imported)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        # The API is built on this module, so it is found at call time, not imported here.
+        return importlib.import_module("charlm.api").train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -60,10 +60,11 @@ FLOORS = [
     {"model"},
     {"checkpoint"},
     {"health"},
-    {"train_step"},
+    {"train_step", "warmstart"},
     {"evaluate", "sample", "gradients", "runinfo", "resume", "average", "export", "preflight"},
     {"evalsample"},
     {"plots", "train"},
+    {"api"},
     {"cli"},
     {"__main__"},
 ]
@@ -95,3 +96,18 @@ def _floor_imports(path: Path) -> set[str]:
                 a.name.removeprefix("charlm.") for a in node.names if a.name.startswith("charlm.")
             )
     return names
+
+
+def test_import_charlm_stays_cheap_and_the_api_loads_on_first_use() -> None:
+    """`import charlm` (every CLI call) loads neither torch nor the API; `charlm.load` and
+    `charlm.train` (the module charlm/train.py, callable) bring them in when first used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, charlm; cheap = 'torch' not in sys.modules and 'charlm.api' not in "
+        "sys.modules; charlm.load; print(cheap, 'charlm.api' in sys.modules, "
+        "callable(charlm.train), charlm.train.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "charlm.train"]
