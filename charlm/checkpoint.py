@@ -122,6 +122,11 @@ class RunState:
     # value (None: val_loss, kept in best_val_loss). Written only when set (state.json "task").
     curriculum_stage: int | None = None
     best_metric: float | None = None
+    # Seconds of training and training targets read, over every resume (metrics.jsonl's
+    # elapsed_s and tokens); a checkpoint from before charlm 0.2 has neither: its time counts
+    # from 0 when resumed, and its tokens stay unknown (None).
+    elapsed_s: float = 0.0
+    tokens: int | None = None
     # Written by save_checkpoint, read by `charlm info`.
     version: int = FORMAT_VERSION
     charlm_version: str | None = None
@@ -153,6 +158,8 @@ class RunState:
             "global_batch": self.global_batch,
             "data_dir": self.data_dir,
             "parameters": self.parameters,
+            "elapsed_s": self.elapsed_s,
+            "tokens": self.tokens,
             **({"tokenizer_sha256": self.tokenizer_sha256} if self.tokenizer_sha256 else {}),
             **self._task_json(),
         }
@@ -187,6 +194,8 @@ class RunState:
             parameters=info.get("parameters"),
             curriculum_stage=(info.get("task") or {}).get("stage"),
             best_metric=(info.get("task") or {}).get("best"),
+            elapsed_s=float(info.get("elapsed_s") or 0.0),
+            tokens=info.get("tokens"),
             version=int(info.get("version", FORMAT_VERSION)),
             charlm_version=info.get("charlm_version"),
             torch_version=info.get("torch_version"),

@@ -721,14 +721,20 @@ def gradients(
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    x: Annotated[
+        str, typer.Option("--x", help="Against step, tokens (trained on) or time (seconds).")
+    ] = "step",
 ) -> None:
-    """Training and validation curves (loss, bits per char, gradient norm) of runs, as a PNG.
+    """Training and validation curves (loss, bits per char, gradient norm) of runs overlaid, as
+    a PNG: one colour per run, named in the legend.
 
-    Example: charlm plot runs/rnn runs/gru runs/lstm --out curves.png
+    Examples:
+      charlm plot runs/rnn runs/gru runs/lstm --out curves.png
+      charlm plot runs/small runs/big --x time --out by-time.png
     """
     from charlm.plots import plot_runs
 
-    say(f"wrote {plot_runs(runs, out)}")
+    say(f"wrote {plot_runs(runs, out, x=x)}")
 
 
 @app.command()

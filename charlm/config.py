@@ -228,6 +228,16 @@ class TrainConfig:
     best_by: Literal["val_loss", "recall_loss", "recall_accuracy"] = "val_loss"
     curriculum_metric: Literal["off", "recall_accuracy", "recall_loss"] = "off"
     curriculum_threshold: float = 0.95
+    # At each evaluation, print and log (metrics.jsonl kind "sample") sample_length tokens drawn
+    # at sample_temperature from a generator of its own: the weights trained are the same with
+    # it off (evalsample.py). On by default: 200 characters took ~50 ms for the default 2x128
+    # GRU here, 0.22 s for 2x512 (scripts/eval_sample_cost.py; README, "Watching a run").
+    sample_every_eval: bool = True
+    sample_length: int = 200
+    sample_temperature: float = 1.0
+    # Also write the metrics as TensorBoard event files in RUN_DIR/tensorboard (the
+    # `tensorboard` extra: pip install 'charlm-rnn[tensorboard]').
+    tensorboard: bool = False
 
     def validate(self) -> list[str]:
         problems = []
@@ -253,6 +263,13 @@ class TrainConfig:
             problems.append(f"train.grad_accum must be at least 1 (got {self.grad_accum})")
         if self.dist_timeout_s <= 0:
             problems.append(f"train.dist_timeout_s must be positive (got {self.dist_timeout_s})")
+        if self.sample_length < 1:
+            problems.append(f"train.sample_length must be at least 1 (got {self.sample_length})")
+        if self.sample_temperature < 0:
+            problems.append(
+                f"train.sample_temperature must be 0 (greedy) or positive "
+                f"(got {self.sample_temperature})"
+            )
         for name in ("ar_alpha", "tar_beta", "patience"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
@@ -337,6 +354,10 @@ RESUME_SAFE_KEYS = frozenset(
         "optim.plateau_patience",
         "optim.nonmono",
         "train.patience",
+        "train.sample_every_eval",
+        "train.sample_length",
+        "train.sample_temperature",
+        "train.tensorboard",
     }
 )
 

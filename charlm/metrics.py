@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,35 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 stderr = Console(stderr=True)
+
+
+def print_line(text: str) -> None:
+    """A message on stderr: wrapped at the width of a terminal, one unbroken line elsewhere
+    (rich would hard-wrap at 80 columns in a log file or CI output)."""
+    stderr.print(text, highlight=False, soft_wrap=not stderr.is_terminal)
+
+
+def utc_now() -> str:
+    """The wall-clock time as ISO 8601 UTC to the millisecond, e.g. 2026-12-01T12:30:05.123+00:00
+    (`datetime.fromisoformat` reads it back, on Python 3.10 too)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def clock(seconds: float) -> str:
+    """h:mm:ss, as rich's progress bar shows elapsed time and ETA."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 @contextlib.contextmanager
@@ -66,12 +89,15 @@ def train_record(
     tokens_per_s: float,
     elapsed_s: float,
     threads: int,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
     """A "train" record, every train.log_every steps: the mean training loss (nats per token)
     since the last record, the learning rate, the last good step's gradient norm before
     clipping, the fraction of steps since the last record that were clipped, the non-finite
-    steps skipped so far, tokens per second since the last record, seconds since this process
-    started training, the CPU threads it trained with (train.threads, charlm/threads.py)."""
+    steps skipped so far, tokens per second since the last record, seconds of training so far
+    (continued across resumes: the checkpoint keeps it), the CPU threads it trained with
+    (train.threads, charlm/threads.py), and the training targets read so far (every process,
+    continued across resumes; null after resuming a checkpoint from before charlm 0.2)."""
     return {
         "kind": "train",
         "step": step,
@@ -84,6 +110,7 @@ def train_record(
         "tokens_per_s": tokens_per_s,
         "elapsed_s": elapsed_s,
         "threads": threads,
+        "tokens": tokens,
     }
 
 
@@ -94,10 +121,12 @@ def val_record(
     val_bits_per_char: float,
     grad_norm_layers: list[float | None],
     elapsed_s: float,
+    tokens: int | None = None,
 ) -> dict[str, Any]:
     """A "val" record, every train.eval_every steps and at the end: the validation loss (nats
     per token), its perplexity and bits per character, and each recurrent layer's gradient norm
-    (before clipping, null if not finite) at the step just before."""
+    (before clipping, null if not finite) at the step just before; elapsed_s and tokens as in
+    `train_record`."""
     return {
         "kind": "val",
         "step": step,
@@ -106,6 +135,7 @@ def val_record(
         "val_bits_per_char": val_bits_per_char,
         "grad_norm_layers": grad_norm_layers,
         "elapsed_s": elapsed_s,
+        "tokens": tokens,
     }
 
 
@@ -113,15 +143,24 @@ class MetricsLog:
     """Append-only JSONL; each record is flushed so a crash loses at most the line being written.
 
     The records are `train_record`'s and `val_record`'s (non-finite numbers are written as
-    null; a train record carries `warning` when the loss exploded), and at each start or resume
-    of training one kind="start" record (step, seed, resumed). Records past `truncate_after` (a
-    resumed run's checkpoint step) are dropped first, so a resumed run's log reads as if it had
-    never stopped.
+    null; a train record carries `warning` when the loss exploded), kind="sample" records (the
+    text generated at an evaluation, evalsample.py), and at each start or resume of training one
+    kind="start" record (step, seed, resumed). Every record gets `time`, the wall clock when it
+    was written (`utc_now`). Records past `truncate_after` (a resumed run's checkpoint step) are
+    dropped first, so a resumed run's log reads as if it had never stopped. `mirror` (an object
+    with `write(record)` and `close()`, such as tblog.TensorBoardLog) gets every record too.
     """
 
-    def __init__(self, path: Path, truncate_after: int | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        truncate_after: int | None = None,
+        enabled: bool = True,
+        mirror: Any = None,
+    ) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.mirror = mirror
         if not enabled:
             return
         if truncate_after is not None and self.path.exists():
@@ -136,12 +175,17 @@ class MetricsLog:
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in record.items()
         }
+        clean.setdefault("time", utc_now())
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        if self.mirror is not None:
+            self.mirror.write(clean)
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -156,46 +200,75 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+class _StatusColumn(ProgressColumn):
+    """The last logged status on one line, cut with "…" when the terminal is narrow: it gives
+    way first, so the step count, elapsed time and ETA stay whole at 80 columns."""
+
+    def render(self, task: Task) -> Text:
+        return Text(task.fields.get("status", ""), no_wrap=True, overflow="ellipsis")
+
+
 class TrainingDisplay:
     """A rich progress bar on a terminal; a plain line every `log_every` steps elsewhere.
 
     Rich prints only the final bar when stderr is not a terminal, so CI logs would show nothing.
+    The bar keeps the last logged status (loss, speed) until the next log step; the plain lines
+    carry elapsed time and ETA as the bar does. `console`: where the bar goes (stderr).
     """
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int,
+        enabled: bool = True,
+        console: Console | None = None,
+    ) -> None:
         self.enabled = enabled
-        self.is_terminal = stderr.is_terminal
-        self.total = total_steps
+        self.console = console or stderr
+        self.is_terminal = self.console.is_terminal
+        self.total, self.start_step = total_steps, start_step
+        self.started = time.perf_counter()
         self._progress: Progress | None = None
         if enabled and self.is_terminal:
+            fixed = Column(no_wrap=True)
             self._progress = Progress(
                 TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=stderr,
+                BarColumn(bar_width=16),
+                MofNCompleteColumn(table_column=fixed),
+                _StatusColumn(),
+                TimeElapsedColumn(table_column=fixed),
+                TextColumn("eta", table_column=fixed),
+                TimeRemainingColumn(table_column=fixed),
+                console=self.console,
             )
             self._task = self._progress.add_task(
                 "train", total=total_steps, completed=start_step, status=""
             )
             self._progress.start()
 
-    def update(self, step: int, status: str, is_log_step: bool) -> None:
+    def update(self, step: int, status: str | None, is_log_step: bool) -> None:
+        """Move to `step`; a new `status` replaces the shown one, None keeps it."""
         if not self.enabled:
             return
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, status=status)
+            fields = {} if status is None else {"status": status}
+            self._progress.update(self._task, completed=step, **fields)
         elif is_log_step:
-            print(f"step {step}/{self.total} {status}", file=sys.stderr, flush=True)
+            line = f"step {step}/{self.total} {status or ''}  {self.timing(step)}"
+            print(line, file=sys.stderr, flush=True)
+
+    def timing(self, step: int) -> str:
+        """ "elapsed 0:01:05  eta 0:10:30": this process's time so far, and the rest at its pace."""
+        elapsed = time.perf_counter() - self.started
+        done = step - self.start_step
+        eta = clock(elapsed / done * (self.total - step)) if done > 0 else "-:--:--"
+        return f"elapsed {clock(elapsed)}  eta {eta}"
 
     def message(self, text: str) -> None:
         if not self.enabled:
             return
-        if self._progress is not None:
-            self._progress.console.print(text, highlight=False)
+        if self._progress is not None:  # markup off: a sample's "[...]" is text
+            self._progress.console.print(text, highlight=False, markup=False)
         else:
             print(text, file=sys.stderr, flush=True)
 

@@ -1,6 +1,7 @@
 """The names of the files and folders a run directory and a checkpoint hold (one place for all).
 
-    RUN_DIR/config.yaml, metrics.jsonl, data/ (when train prepared the text), checkpoints/
+    RUN_DIR/config.yaml, metrics.jsonl, data/ (when train prepared the text), checkpoints/,
+            tensorboard/ (train.tensorboard: event files)
     checkpoints/step-NNNNNNNN/  model.safetensors, optimizer.pt, train_state.safetensors,
                                 raw_model.safetensors (NT-ASGD), state.json, config.yaml,
                                 tokenizer.json, meta.json
@@ -16,6 +17,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 DATA = "data"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
 # A checkpoint folder (and, for tokenizer.json and meta.json, a prepared data folder)
 MODEL = "model.safetensors"
 RAW_MODEL = "raw_model.safetensors"

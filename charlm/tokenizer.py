@@ -257,6 +257,24 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
     return {"unk": None, "start": None, "end": None}
 
 
+def transformers_tokens(tokenizer: Tokenizer) -> dict[str, str]:
+    """What `transformers.PreTrainedTokenizerFast(tokenizer_file=..., **these)` needs to know the
+    unknown, start, end and pad tokens: it reads none of them from tokenizer.json (README,
+    "Using tokenizer.json elsewhere"). charlm pads nothing the model reads (padded targets are
+    skipped), so any id serves as pad where the attention mask hides it: the end token, else
+    <unk> (char), else the token with id 0 (bpe, which has neither)."""
+    level = tokenizer_level(tokenizer)
+    if level == "word":
+        end = _word_end_token(tokenizer)
+        tokens = {"unk_token": UNKNOWN_TOKEN, "eos_token": end, "pad_token": end}
+        if tokenizer.token_to_id(SENTENCE_START) is not None:
+            tokens["bos_token"] = SENTENCE_START
+        return tokens
+    if level == "char":
+        return {"unk_token": CHAR_UNK, "pad_token": CHAR_UNK}
+    return {"pad_token": str(tokenizer.id_to_token(0))}
+
+
 def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
     """Write `tokenizer.json` (readable by `Tokenizer.from_file`)."""
     tokenizer.save(str(path))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from charlm.batching import Cursor, LineBatcher, SentenceBatcher, StreamBatcher
 from charlm.cells import CELLS, State
@@ -40,9 +41,17 @@ from charlm.curriculum import TaskRun
 from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
 from charlm.errors import CheckpointError, TrainingStopped, UsageError
+from charlm.evalsample import draw_sample
 from charlm.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.health import ExplosionWatch, all_finite, recovery_hint
-from charlm.metrics import MetricsLog, Throughput, TrainingDisplay, stderr, train_record, val_record
+from charlm.metrics import (
+    MetricsLog,
+    Throughput,
+    TrainingDisplay,
+    print_line,
+    train_record,
+    val_record,
+)
 from charlm.model import RNNLanguageModel, count_parameters
 from charlm.preflight import (
     DataPlan,
@@ -67,7 +76,7 @@ from charlm.resume import (
     shard_state,
     state_tensors,
 )
-from charlm.runfiles import CHECKPOINTS, CONFIG, METRICS, TOKENIZER
+from charlm.runfiles import CHECKPOINTS, CONFIG, METRICS, TENSORBOARD, TOKENIZER
 from charlm.runlock import RunLock
 from charlm.schedules import (
     ValidationPolicy,
@@ -78,6 +87,7 @@ from charlm.schedules import (
     variable_bptt_steps,
 )
 from charlm.tasks import check_task_settings
+from charlm.tblog import TensorBoardLog, check_tensorboard
 from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard, with_precision
 from charlm.warmstart import WarmStart, describe, open_warm_start
@@ -122,6 +132,7 @@ def train(
     # Every refusal is decided here, before the run directory is touched (README, "Resuming
     # and recovering"): the data is found and checked, not yet prepared.
     check_memory(config, vocab_estimate(config, loaded or (warm and warm.source), data_dir))
+    check_tensorboard(config.train.tensorboard)
     settings = PrepareSettings.from_config(config.data, val_file, errors)
     plan = plan_data(
         run_dir,
@@ -248,6 +259,9 @@ class Trainer:
         self.last_val: EvalResult | None = None
         self.layer_norms: list[float | None] = []  # per recurrent layer, at the last eval step
         self.stop_signal: int | None = None  # a signal every process has agreed on
+        # Training time and targets of the run so far, continued across resumes (RunState);
+        # tokens stay None after resuming a checkpoint that did not count them.
+        self.elapsed_before, self.tokens = 0.0, 0
 
     def run(self) -> TrainResult:
         self.load_meter = LoadMeter()  # judges the machine's load while the data loads
@@ -314,6 +328,7 @@ class Trainer:
         saved, tensors = loaded.state, loaded.train_tensors()
         self.step, self.cursor = saved.step, Cursor(saved.epoch, saved.position)
         self.tally.bad_steps, self.tally.clipped_steps = saved.bad_steps, saved.clipped_steps
+        self.elapsed_before, self.tokens = saved.elapsed_s, saved.tokens
         self.policy.load_state_dict(_policy_fields(saved))
         self.tasks.load_state_dict(vars(saved))
         if self.tasks.stage:  # the stage's own lines, read from the saved cursor on
@@ -330,10 +345,16 @@ class Trainer:
         if self.dist.is_main:
             config_yaml = config_to_yaml(self.config)
             (self.run_dir / CONFIG).write_text(config_yaml, encoding="utf-8")
+        resumed_at = self.step if self.loaded else None
+        board = None
+        if self.config.train.tensorboard and self.dist.is_main:
+            purge = None if resumed_at is None else resumed_at + 1
+            board = TensorBoardLog(self.run_dir / TENSORBOARD, purge_step=purge)
         self.metrics = MetricsLog(
             self.run_dir / METRICS,
-            truncate_after=self.step if self.loaded else None,
+            truncate_after=resumed_at,
             enabled=self.dist.is_main,
+            mirror=board,
         )
         t = self.config.train
         warm = self.warm.summary(self.data.meta) if self.warm else {}
@@ -350,8 +371,9 @@ class Trainer:
         if self.show:
             self._print_header()
             if warm:
-                stderr.print(describe(warm, self.vocab_size), highlight=False)
+                print_line(describe(warm, self.vocab_size))
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
+        self.tokenizer = Tokenizer.from_str(self.tokenizer_json)  # for the samples
         self.display = TrainingDisplay(self.total_steps, self.step, enabled=self.show)
         context = GuardContext(
             self.config, self.dist, self.tally, self.run_dir, self.display.message
@@ -370,15 +392,14 @@ class Trainer:
     def _print_header(self) -> None:
         config, dist, data, t = self.config, self.dist, self.data, self.config.train
         batcher, m = self.batcher, config.model
-        stderr.print(
+        print_line(
             f"charlm: {m.cell} {m.layers}x{m.hidden_size}, {self.params:,} parameters; "
             f"{data.meta['level']} vocabulary {self.vocab_size:,}; "
             f"{len(data.train_ids):,} training tokens, "
             f"{max(1, batcher.steps_per_epoch):,} steps per epoch; "
             f"{'resuming at step ' + str(self.step) + ', ' if self.loaded else ''}"
             f"{self.total_steps:,} steps on {self.device.type}, seed {t.seed}"
-            + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
-            highlight=False,
+            + (f" x {dist.world_size} processes" if dist.is_distributed else "")
         )
         unit = "streams" if batcher.carries_state else getattr(batcher, "unit", "sentences")
         mean_length = batcher.tokens_per_epoch / max(getattr(batcher, "sentences", 1), 1)
@@ -387,24 +408,23 @@ class Trainer:
             if batcher.carries_state
             else f"about {self.global_batch * mean_length:,.0f}"
         )
-        stderr.print(
+        print_line(
             f"global batch: {t.batch_size} x {dist.world_size} process(es) x grad_accum "
-            f"{t.grad_accum} = {self.global_batch} {unit}, {tokens} tokens per step",
-            highlight=False,
+            f"{t.grad_accum} = {self.global_batch} {unit}, {tokens} tokens per step"
         )
         if self.device.type == "cpu":
-            stderr.print(f"cpu: {self.threads.describe()}; {OPENMP_POLICY}", highlight=False)
+            print_line(f"cpu: {self.threads.describe()}; {OPENMP_POLICY}")
         if self.tasks.stages:
-            stderr.print(
+            print_line(
                 f"curriculum: {', '.join(self.tasks.stages)}; now {self.tasks.stage_name} "
-                f"(on {t.curriculum_metric} {t.curriculum_threshold} of its validation lines)",
-                highlight=False,
+                f"(on {t.curriculum_metric} {t.curriculum_threshold} of its validation lines)"
             )
 
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> TrainResult:
-        self.throughput, self.started = Throughput(), time.perf_counter()
+        self.throughput = Throughput()
+        self.started = time.perf_counter() - self.elapsed_before  # elapsed_s goes on
         self.model.train()
         try:
             with _SignalFlag() as flag:
@@ -447,6 +467,8 @@ class Trainer:
         if result.layer_norms is not None:
             self.layer_norms = result.layer_norms
         self.throughput.add(result.tokens)
+        if self.tokens is not None:
+            self.tokens += result.tokens
         self.cursor = next_cursor
         self.step += 1
 
@@ -462,7 +484,7 @@ class Trainer:
         if is_log_step:
             self._log()
         elif self.display.is_terminal:
-            self.display.update(step, "", is_log_step=False)
+            self.display.update(step, None, is_log_step=False)  # the last status stays
         is_best = stop = False
         if is_eval_step:
             is_best, stop = self._validate()
@@ -500,6 +522,7 @@ class Trainer:
             rate,
             time.perf_counter() - self.started,
             self.threads.threads,
+            self.tokens,
         )
         warning = self.explosion.check(self.step, mean_loss)
         if warning:
@@ -529,7 +552,13 @@ class Trainer:
             self.display.message(f"step {self.step}: validation stalled; averaging weights")
         elapsed = time.perf_counter() - self.started
         record = val_record(
-            self.step, val.loss, val.perplexity, val.bits_per_char, self.layer_norms, elapsed
+            self.step,
+            val.loss,
+            val.perplexity,
+            val.bits_per_char,
+            self.layer_norms,
+            elapsed,
+            self.tokens,
         )
         advance = self.tasks.observe(task_fields, val.loss, verdict.is_best)
         self.metrics.write({**record, **self._task_record(predicted, task_fields, advance)})
@@ -543,6 +572,8 @@ class Trainer:
             self.batcher = _make_batcher(self.config, self.data, self.dist, self.tasks)
             self.cursor = Cursor()
             self.display.message(f"step {self.step}: curriculum stage {advance.new_stage}")
+        if self.config.train.sample_every_eval and self.dist.is_main:
+            self._sample()
         return advance.is_best, verdict.stop
 
     def _score_validation(self) -> tuple[float, int, dict[str, Any]]:
@@ -566,6 +597,23 @@ class Trainer:
         if advance.new_stage is not None:
             extra["advanced_to"] = advance.new_stage
         return extra
+
+    def _sample(self) -> None:
+        """A short sample of the weights just scored (evalsample.py: training's generators are
+        not touched), printed and logged."""
+        t = self.config.train
+        with self.averager.applied():
+            sample = draw_sample(
+                self.model,
+                self.tokenizer,
+                self.data.meta["level"],
+                step=self.step,
+                length=t.sample_length,
+                temperature=t.sample_temperature,
+                train_seed=t.seed,
+            )
+        self.metrics.write(sample.record())
+        self.display.message(f"step {self.step} sample:\n{sample.shown}")
 
     def _save(self, is_best: bool) -> None:
         """Every process takes part: rank 0 saves the carried state of all streams and each
@@ -616,6 +664,8 @@ class Trainer:
             global_batch=self.global_batch,
             data_dir=str(self.data.data_dir.resolve()),
             parameters=self.params,
+            elapsed_s=time.perf_counter() - self.started,
+            tokens=self.tokens,
             **self.policy.state_dict(),
             **self.tasks.state_dict(),
         )
@@ -678,8 +728,10 @@ class _SignalFlag:
 
 
 def _clear_run(run_dir: Path) -> None:
-    """--force: remove what a previous run wrote (checkpoints, metrics, config), keep data/."""
+    """--force: remove what a previous run wrote (checkpoints, metrics, config, TensorBoard
+    events), keep data/."""
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
     for name in (METRICS, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
 

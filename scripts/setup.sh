@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install charlm with its test tools and the onnx extra, at the versions
+# Create .venv and install charlm with its test tools and the extras the tests use, at the versions
 # pinned in constraints.txt (scripts/lock.sh refreshes it), so that a new release upstream
 # cannot change what CI installs.
 # Picks the right PyTorch build, at the pinned version:
@@ -58,5 +58,7 @@ else
   echo "setup: warning: PyTorch's CPU index is out of reach; installing torch from PyPI (may be a large CUDA build)" >&2
   pip_q "${cflags[@]}" "$torch_req"
 fi
-pip_q "${cflags[@]}" -e ".[dev,onnx]"  # onnx: the export tests run, never skip, in CI
+# The extras' tests run, never skip, in CI: onnx (export), tensorboard (train.tensorboard),
+# transformers (tokenizer.json loaded by PreTrainedTokenizerFast).
+pip_q "${cflags[@]}" -e ".[dev,onnx,tensorboard,transformers]"
 echo "setup: ready ($venv, torch $(torch_version)${constraints:+, pinned by $constraints})" >&2
