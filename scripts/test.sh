@@ -7,4 +7,6 @@ bash scripts/setup.sh
 . "${CHARLM_VENV:-.venv}/bin/activate"
 ruff check charlm tests scripts
 ruff format --check charlm tests scripts
-python -m pytest -q "$@"
+# Two workers (pytest-xdist): the suite is mostly one-thread work and subprocesses, so this
+# nearly halves it on 2 cores. CHARLM_TEST_WORKERS=0 runs it in one process.
+python -m pytest -q -n "${CHARLM_TEST_WORKERS:-2}" "$@"
