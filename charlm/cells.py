@@ -226,13 +226,17 @@ class LSTM(Cell):
 
 
 class TanhRNN(Cell):
+    """h' = tanh(W_ih x + b_ih + W_hh h + b_hh); leaky units: leak * h + (1 - leak) * that."""
+
     name, gates, fused, fused_kwargs = "rnn", 1, nn.RNN, {"nonlinearity": "tanh"}
+    activation: Callable[[Tensor], Tensor] = staticmethod(torch.tanh)
+    activation_: Callable[[Tensor], Tensor] = staticmethod(Tensor.tanh_)  # in place (lean step)
 
     def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
         h = state
         gx = torch.addmm(w.b_ih, x, w.w_ih.t())
         gh = torch.addmm(w.b_hh, h, w.w_hh.t())  # type: ignore[arg-type]
-        new = torch.tanh(gx + gh)
+        new = self.activation(gx + gh)
         if leak:
             new = leak * h + (1 - leak) * new
         return new
@@ -242,8 +246,18 @@ class TanhRNN(Cell):
     ) -> State:
         w_x, b_x = layout
         h = state
-        new = torch.addmm(b_x, torch.cat([x, h], dim=1), w_x).tanh_()  # type: ignore[list-item]
+        new = self.activation_(torch.addmm(b_x, torch.cat([x, h], dim=1), w_x))  # type: ignore[list-item]
         return torch.lerp(new, h, leak) if leak else new  # type: ignore[arg-type]
+
+
+class ReluRNN(TanhRNN):
+    """`model.cell=rnn` with `model.nonlinearity=relu`: h' = relu(...). With
+    `model.recurrent_init=identity` it is Le, Jaitly and Hinton (2015)'s IRNN. PyTorch's fused
+    `nn.RNN` has the same choice (nonlinearity="relu"), so the same parameters and kernel."""
+
+    fused_kwargs = {"nonlinearity": "relu"}
+    activation = staticmethod(torch.relu)
+    activation_ = staticmethod(Tensor.relu_)
 
 
 class _Projected(Cell):
@@ -401,3 +415,11 @@ def run_layers(
 CELLS: dict[str, Cell] = {
     cell.name: cell for cell in (GRU(), LSTM(), TanhRNN(), PeepholeLSTM(), TutorialGRU())
 }
+# Variants of a registered cell chosen by a setting: (cell, model.nonlinearity) -> the cell.
+_VARIANTS: dict[tuple[str, str], Cell] = {("rnn", "relu"): ReluRNN()}
+
+
+def cell_for(config: ModelConfig) -> Cell:
+    """The cell object a model's settings ask for (`model.cell`, and `model.nonlinearity` for
+    the plain RNN)."""
+    return _VARIANTS.get((config.cell, config.nonlinearity), CELLS[config.cell])
