@@ -58,10 +58,11 @@ FLOORS = [
     {"cells", "prepare", "schedules", "synth"},
     {"model"},
     {"checkpoint"},
-    {"health"},
+    {"health", "lineup"},
     {"train_step"},
     {"evaluate", "sample", "gradients", "runinfo", "resume", "average", "export", "preflight"},
-    {"plots", "train"},
+    {"plots", "train", "probes"},
+    {"cellplots"},
     {"cli"},
     {"__main__"},
 ]
