@@ -171,7 +171,9 @@ def test_checkpoints_give_one_curve_per_kept_step(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [10, 20, 30]
     assert [r["label"] for r in records] == ["gru step 10", "gru step 20", "gru step 30"]
     assert records[0]["grad_norm"] != records[2]["grad_norm"]  # training moved the weights
-    two = cli("gradients", run, "--text", text, "--max-lag", "4", "--json", "--checkpoints", "10,30")
+    two = cli(
+        "gradients", run, "--text", text, "--max-lag", "4", "--json", "--checkpoints", "10,30"
+    )
     assert [json.loads(line)["step"] for line in two.stdout.splitlines()] == [10, 30]
     missing = cli("gradients", run, "--text", text, "--checkpoints", "7")
     assert missing.exit_code == 1 and "kept: 10, 20, 30" in missing.stderr
