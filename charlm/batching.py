@@ -1,4 +1,4 @@
-"""Token ids -> (inputs, targets) batches: parallel streams for truncated BPTT, or padded sentences."""
+"""Token ids -> (inputs, targets) batches: streams for truncated BPTT, or padded sentences / lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import torch
 
 from charlm.errors import DataError
 
-IGNORE_INDEX = -100  # target value the loss skips (sentence padding)
+IGNORE_INDEX = -100  # target value the loss skips (sentence padding, unscored targets)
+
+
+def masked_targets(y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """int64 targets with IGNORE_INDEX where bit 0 of the mask (charlm/tasks.py) is clear."""
+    y = y.astype(np.int64, copy=False)
+    if mask is None:
+        return y
+    return np.where(np.asarray(mask) & 1, y, IGNORE_INDEX)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class StreamBatcher:
         seq_len: int,
         rank: int = 0,
         world_size: int = 1,
+        mask: np.ndarray | None = None,
     ) -> None:
         self.batch_size, self.seq_len = batch_size, seq_len
         self.streams = batch_size * world_size
@@ -67,6 +76,9 @@ class StreamBatcher:
         rows = slice(rank * batch_size, (rank + 1) * batch_size)
         self._inputs = ids[:usable].reshape(self.streams, self.stream_len)[rows]
         self._targets = ids[1 : usable + 1].reshape(self.streams, self.stream_len)[rows]
+        self._mask = None  # bit 0 clear: the target is input only (charlm/tasks.py)
+        if mask is not None:
+            self._mask = mask[1 : usable + 1].reshape(self.streams, self.stream_len)[rows]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -84,19 +96,99 @@ class StreamBatcher:
         end = min(start + (length or self.seq_len), self.stream_len)
         x = np.ascontiguousarray(self._inputs[:, start:end].T)  # (seq_len, batch)
         y = np.ascontiguousarray(self._targets[:, start:end].T)
+        if self._mask is not None:
+            y = masked_targets(y, self._mask[:, start:end].T)
         after = Cursor(cursor.epoch + 1, 0) if end >= self.stream_len else Cursor(cursor.epoch, end)
         return x, y, after
 
 
-class SentenceBatcher:
-    """Whole sentences (SENTENCE_START ... SENTENCE_END), padded into batches.
+class SpanBatcher:
+    """Examples ids[start:stop], each from a zero state, padded into batches (time-major).
 
-    The WildML tutorial trains on one sentence at a time from a zero state; batch_size=1 is
-    exactly that. Larger batches pad the shorter sentences; padded targets are IGNORE_INDEX
-    so the loss never sees them. The order is a fresh seeded shuffle each epoch.
+    Padded targets are IGNORE_INDEX so the loss never sees them, and so are the targets a mask
+    leaves out. The order is a fresh seeded shuffle each epoch (`seed` an int or a tuple).
     """
 
     carries_state = False
+    unit = "examples"
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        starts: np.ndarray,
+        stops: np.ndarray,
+        batch_size: int,
+        seed: int | tuple[int, ...] = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        self._ids, self._starts, self._stops, self._mask = ids, starts, stops, mask
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.global_batch = batch_size * world_size
+        if shuffle and len(starts) < self.global_batch:
+            raise DataError(
+                f"the data has {len(starts)} {self.unit}, fewer than one batch of "
+                f"{self.global_batch}; use a smaller train.batch_size or more text"
+            )
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def sentences(self) -> int:
+        return len(self._starts)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.shuffle:  # training: whole batches only, so every rank gets the same shape
+            return self.sentences // self.global_batch
+        return -(-self.sentences // self.global_batch)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return int((self._stops - self._starts - 1).sum())
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                seed = [*np.atleast_1d(self.seed).tolist(), epoch]
+                order = np.random.default_rng(seed).permutation(self.sentences)
+            else:
+                order = np.arange(self.sentences)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def batch(
+        self, cursor: Cursor, length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Cursor]:
+        order = self._epoch_order(cursor.epoch)
+        first = cursor.position * self.global_batch + self.rank * self.batch_size
+        chosen = order[first : first + self.batch_size]
+        # With several processes the last unshuffled batch can leave a rank nothing: (0, 0).
+        longest = int((self._stops[chosen] - self._starts[chosen]).max()) - 1 if len(chosen) else 0
+        x = np.zeros((longest, len(chosen)), dtype=np.int64)
+        y = np.full((longest, len(chosen)), IGNORE_INDEX, dtype=np.int64)
+        for column, sentence in enumerate(chosen):
+            span = slice(self._starts[sentence], self._stops[sentence])
+            tokens = self._ids[span]
+            x[: len(tokens) - 1, column] = tokens[:-1]
+            mask = None if self._mask is None else self._mask[span][1:]
+            y[: len(tokens) - 1, column] = masked_targets(tokens[1:], mask)
+        following = cursor.position + 1
+        if following >= self.steps_per_epoch:
+            return x, y, Cursor(cursor.epoch + 1, 0)
+        return x, y, Cursor(cursor.epoch, following)
+
+
+class SentenceBatcher(SpanBatcher):
+    """Whole sentences (SENTENCE_START ... SENTENCE_END), padded into batches.
+
+    The WildML tutorial trains on one sentence at a time from a zero state; batch_size=1 is
+    exactly that. Larger batches pad the shorter sentences.
+    """
+
+    unit = "sentences"
 
     def __init__(
         self,
@@ -121,60 +213,42 @@ class SentenceBatcher:
             ok = np.ones(len(starts), dtype=bool)
             ok[:-1] = stops[:-1] <= starts[1:]
             starts, stops = starts[ok], stops[ok]
-        self._ids, self._starts, self._stops = ids, starts, stops
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.global_batch = batch_size * world_size
-        if shuffle and len(starts) < self.global_batch:
-            raise DataError(
-                f"the data has {len(starts)} sentences, fewer than one batch of "
-                f"{self.global_batch}; use a smaller train.batch_size or more text"
-            )
         if len(starts) == 0:
             raise DataError("the data has no complete sentences (SENTENCE_START ... SENTENCE_END)")
-        self._order: tuple[int, np.ndarray] | None = None
+        super().__init__(ids, starts, stops, batch_size, seed, rank, world_size, shuffle)
 
-    @property
-    def sentences(self) -> int:
-        return len(self._starts)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        if self.shuffle:  # training: whole batches only, so every rank gets the same shape
-            return self.sentences // self.global_batch
-        return -(-self.sentences // self.global_batch)
+class LineBatcher(SpanBatcher):
+    """One example per line (char level): each line with its newline, from a zero state.
 
-    @property
-    def tokens_per_epoch(self) -> int:
-        return int((self._stops - self._starts - 1).sum())
+    Line i is the characters after the previous newline up to and including its own; the
+    newline is the last target, so the model learns where a line ends. A last line without a
+    newline is kept; lines of a single character predict nothing and are dropped.
+    """
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.sentences)
-            else:
-                order = np.arange(self.sentences)
-            self._order = (epoch, order)
-        return self._order[1]
+    unit = "lines"
 
-    def batch(
-        self, cursor: Cursor, length: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, Cursor]:
-        order = self._epoch_order(cursor.epoch)
-        first = cursor.position * self.global_batch + self.rank * self.batch_size
-        chosen = order[first : first + self.batch_size]
-        # With several processes the last unshuffled batch can leave a rank nothing: (0, 0).
-        longest = int((self._stops[chosen] - self._starts[chosen]).max()) - 1 if len(chosen) else 0
-        x = np.zeros((longest, len(chosen)), dtype=np.int64)
-        y = np.full((longest, len(chosen)), IGNORE_INDEX, dtype=np.int64)
-        for column, sentence in enumerate(chosen):
-            tokens = self._ids[self._starts[sentence] : self._stops[sentence]]
-            x[: len(tokens) - 1, column] = tokens[:-1]
-            y[: len(tokens) - 1, column] = tokens[1:]
-        following = cursor.position + 1
-        if following >= self.steps_per_epoch:
-            return x, y, Cursor(cursor.epoch + 1, 0)
-        return x, y, Cursor(cursor.epoch, following)
+    def __init__(
+        self,
+        ids: np.ndarray,
+        newline_id: int,
+        batch_size: int,
+        seed: int | tuple[int, ...] = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        ids = np.asarray(ids)
+        stops = np.flatnonzero(ids == newline_id) + 1
+        if len(stops) == 0 or stops[-1] != len(ids):
+            stops = np.append(stops, len(ids))
+        starts = np.concatenate([[0], stops[:-1]])
+        keep = stops - starts >= 2
+        if not keep.any():
+            raise DataError("the data has no line of two or more characters to learn from")
+        starts, stops = starts[keep], stops[keep]
+        super().__init__(ids, starts, stops, batch_size, seed, rank, world_size, shuffle, mask)
 
 
 def to_tensors(

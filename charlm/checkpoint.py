@@ -118,6 +118,10 @@ class RunState:
     global_batch: int | None = None
     data_dir: str = ""
     parameters: int | None = None
+    # charlm/curriculum.py: the curriculum's stage (None: no curriculum) and train.best_by's best
+    # value (None: val_loss, kept in best_val_loss). Written only when set (state.json "task").
+    curriculum_stage: int | None = None
+    best_metric: float | None = None
     # Written by save_checkpoint, read by `charlm info`.
     version: int = FORMAT_VERSION
     charlm_version: str | None = None
@@ -150,7 +154,13 @@ class RunState:
             "data_dir": self.data_dir,
             "parameters": self.parameters,
             **({"tokenizer_sha256": self.tokenizer_sha256} if self.tokenizer_sha256 else {}),
+            **self._task_json(),
         }
+
+    def _task_json(self) -> dict[str, Any]:
+        if self.curriculum_stage is None and self.best_metric is None:
+            return {}
+        return {"task": {"stage": self.curriculum_stage, "best": self.best_metric}}
 
     @classmethod
     def from_json(cls, info: dict[str, Any]) -> RunState:
@@ -175,6 +185,8 @@ class RunState:
             global_batch=info.get("global_batch"),
             data_dir=str(info.get("data_dir", "")),
             parameters=info.get("parameters"),
+            curriculum_stage=(info.get("task") or {}).get("stage"),
+            best_metric=(info.get("task") or {}).get("best"),
             version=int(info.get("version", FORMAT_VERSION)),
             charlm_version=info.get("charlm_version"),
             torch_version=info.get("torch_version"),

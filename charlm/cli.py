@@ -450,6 +450,9 @@ def evaluate(
 
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    from charlm.tasks import mask_path
+
+    mask = mask_path(text) if mask_path(text).is_file() else None  # valid.txt -> valid.mask
     with spooled(text) as source:
         result = evaluate_checkpoint(
             run,
@@ -459,13 +462,19 @@ def evaluate(
             which=_which(which),
             errors=errors,
             csv_column=csv_column,
+            mask=mask,
         )
     if json_out:
         print(json.dumps(result.as_dict()))
-    else:
+        return
+    print(
+        f"tokens {result.tokens:,}  loss {result.loss:.4f} nats/token  "
+        f"perplexity {result.perplexity:.2f}  bits/char {result.bits_per_char:.4f}"
+    )
+    for name, group in (result.task or {}).get("groups", {}).items():
         print(
-            f"tokens {result.tokens:,}  loss {result.loss:.4f} nats/token  "
-            f"perplexity {result.perplexity:.2f}  bits/char {result.bits_per_char:.4f}"
+            f"{name}: recall loss {group['recall_loss']:.4f} nats, accuracy "
+            f"{group['recall_accuracy']:.3f} ({group['positions']:,} positions; mask {mask})"
         )
 
 
@@ -566,18 +575,35 @@ def data_synth(
     types: Annotated[int, typer.Option(help="brackets: kinds of bracket, 1 to 4.")] = 2,
     open_prob: Annotated[float, typer.Option(help="brackets: chance of opening one.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 1,
+    score: Annotated[
+        str | None,
+        typer.Option(help="What the loss counts: task (lag: the recall only; its default) or all."),
+    ] = None,
+    lags: Annotated[
+        str | None, typer.Option(help="lag: a curriculum, e.g. 5,10,20 (--length per stage).")
+    ] = None,
+    heldout_lags: Annotated[
+        str | None, typer.Option(help="lag: lags in valid.txt only, e.g. 200 (with --lags).")
+    ] = None,
 ) -> None:
     """Write a synthetic task (train.txt, valid.txt) and truth.json with its best achievable loss.
+
+    A lag task also gets train.mask and valid.mask: where it is scored (README, "Synthetic
+    tasks: masks, lines, curricula").
 
     Examples:
       charlm data synth lag --lag 20 --out data/lag20
       charlm train data/lag20/train.txt --val-file data/lag20/valid.txt --out runs/lag20
+      charlm data synth lag --lags 5,10,20,30,50,70,100 --heldout-lags 200 --out data/lagc
     """
     from charlm.synth import write_task
 
     truth = write_task(
         out,
         task,
+        score=score,
+        lags=_int_list("--lags", lags),
+        heldout_lags=_int_list("--heldout-lags", heldout_lags),
         length=length,
         valid_length=valid_length,
         lag=lag,
@@ -590,11 +616,31 @@ def data_synth(
         open_prob=open_prob,
         seed=seed,
     )
-    say(
-        f"wrote {out}/train.txt, valid.txt, truth.json: best loss {truth['best_loss']:.4f} "
-        f"nats/char ({truth['best_bits_per_char']:.4f} bits/char)"
-    )
+    if "stages" in truth:
+        stages = ", ".join(
+            f"lag {s['lag']}" + (" (held out)" if s["held_out"] else "") for s in truth["stages"]
+        )
+        say(f"wrote {out}/train.txt, valid.txt, their masks, truth.json: stages {stages}")
+    else:
+        say(
+            f"wrote {out}/train.txt, valid.txt, truth.json: best loss {truth['best_loss']:.4f} "
+            f"nats/char ({truth['best_bits_per_char']:.4f} bits/char)"
+        )
     print(out / "truth.json")
+
+
+def _int_list(option: str, value: str | None) -> list[int]:
+    """ "5,10,20" -> [5, 10, 20], or a UsageError naming the option."""
+    from charlm.errors import UsageError
+
+    if not value:
+        return []
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(
+            f"{option} takes whole numbers separated by commas (got {value!r})"
+        ) from None
 
 
 @app.command()

@@ -26,7 +26,9 @@ class DataConfig:
     # prepare`: a CSV needs its column named (e.g. body for the Reddit comments); other inputs
     # ignore it. (Until this release train read `body` unasked while prepare refused.)
     csv_column: str | None = None
-    batching: Literal["stream", "sentence"] = "stream"  # sentence: the tutorial's padded sentences
+    # sentence: the tutorial's padded sentences; lines (char level): one example per line, each
+    # from a zero state, padded and masked like sentences (synthetic tasks, README)
+    batching: Literal["stream", "sentence", "lines"] = "stream"
     # Word level; the defaults are the WildML tutorial's, false/lines/whitespace pytorch/examples'
     # word_language_model (WikiText-2 perplexities comparable with published ones).
     lowercase: bool = True
@@ -43,6 +45,10 @@ class DataConfig:
             problems.append(f"data.val_fraction must be in (0, 1) (got {self.val_fraction})")
         if self.batching == "sentence" and self.level != "word":
             problems.append("data.batching=sentence needs data.level=word (sentences are words)")
+        if self.batching == "lines" and self.level != "char":
+            problems.append(
+                "data.batching=lines needs data.level=char (word level: data.batching=sentence)"
+            )
         if self.batching == "sentence" and self.segments == "lines":
             problems.append(
                 "data.batching=sentence needs data.segments=sentences (lines have no start "
@@ -221,6 +227,14 @@ class TrainConfig:
     tar_beta: float = 0.0  # temporal activation regularisation (AWD-LSTM: 1)
     variable_bptt: bool = False  # AWD-LSTM's random window: seq_len (p=0.95) or half, then N(., 5)
     patience: int = 0  # stop after this many evaluations without a new best (0 = never)
+    # Synthetic tasks with a mask (README, "Synthetic tasks"). best_by: the metric that picks
+    # the best checkpoint (recall_*: at the task positions of the target group; loss lowest,
+    # accuracy highest). curriculum_metric: off, or the metric of the current stage's
+    # validation lines that, once it passes curriculum_threshold (accuracy >=, loss <=), moves
+    # training on to the next stage of a staged task (`charlm data synth lag --lags ...`).
+    best_by: Literal["val_loss", "recall_loss", "recall_accuracy"] = "val_loss"
+    curriculum_metric: Literal["off", "recall_accuracy", "recall_loss"] = "off"
+    curriculum_threshold: float = 0.95
 
     def validate(self) -> list[str]:
         problems = []
@@ -249,6 +263,11 @@ class TrainConfig:
         for name in ("ar_alpha", "tar_beta", "patience"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
+        if self.curriculum_metric != "off" and self.epochs:
+            problems.append(
+                "train.epochs counts passes over one stage's data with a curriculum; "
+                "set train.max_steps instead (and train.epochs=0)"
+            )
         return problems
 
 
@@ -264,9 +283,10 @@ class RunConfig:
         problems += [p for section in fields(self) for p in getattr(self, section.name).validate()]
         if not 0 <= self.train.seed <= SEED_MAX:
             problems.append(f"train.seed must be in 0..{SEED_MAX} (got {self.train.seed})")
-        if self.train.variable_bptt and self.data.batching == "sentence":
+        if self.train.variable_bptt and self.data.batching != "stream":
             problems.append(
-                "train.variable_bptt applies to stream batching (sentences set their own length)"
+                "train.variable_bptt applies to stream batching (sentences and lines set their "
+                "own length)"
             )
         return problems
 

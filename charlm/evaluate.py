@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.nn import functional as F
 
-from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher, to_tensors
+from charlm.batching import (
+    IGNORE_INDEX,
+    Cursor,
+    LineBatcher,
+    SentenceBatcher,
+    StreamBatcher,
+    to_tensors,
+)
 from charlm.checkpoint import open_for_use
+from charlm.curriculum import TaskRun
 from charlm.errors import DataError
 from charlm.model import RNNLanguageModel, detach_state
 from charlm.prepare import read_text
+from charlm.tasks import read_mask
 from charlm.tokenizer import Encoder, count_chars, special_ids
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
@@ -27,11 +37,14 @@ class EvalResult:
     loss: float  # mean negative log-likelihood, nats per predicted token
     perplexity: float
     bits_per_char: float  # total information over the characters of the source text
-    tokens: int  # tokens predicted
+    tokens: int  # tokens predicted (with a mask: the scored targets)
     chars: int  # characters of the source text the tokens stand for
+    task: dict | None = None  # with a mask: scored_tokens and the task metrics (curriculum.py)
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        result = asdict(self)
+        task = result.pop("task")
+        return {**result, **(task or {})}
 
 
 def make_result(nll_sum: float, predicted: int, tokens: int, chars: int) -> EvalResult:
@@ -59,18 +72,28 @@ def evaluate_ids(
     rank: int = 0,
     world_size: int = 1,
     reduce: Reducer | None = None,
+    mask: np.ndarray | None = None,
+    correct: list[int] | None = None,
 ) -> tuple[float, int]:
     """Summed negative log-likelihood and the number of predicted tokens over `ids`.
 
-    Streams carry the state through each stream as training does; sentences start from zero.
-    With several processes each takes its own streams and `reduce` sums the totals.
+    Streams carry the state through each stream as training does; sentences and lines start
+    from zero. With several processes each takes its own streams and `reduce` sums the totals.
+    `mask` (charlm/tasks.py, one byte per id): only targets with bit 0 set are scored.
+    `correct`, when given, gets the number of scored targets the model ranked first appended.
     """
     was_training = model.training
     model.eval()
     try:
-        if batching == "sentence":
+        if batching == "lines":
             assert special_ids is not None
-            batcher: StreamBatcher | SentenceBatcher = SentenceBatcher(
+            batcher: StreamBatcher | SentenceBatcher | LineBatcher = LineBatcher(
+                ids, special_ids["newline"], batch_size, rank=rank, world_size=world_size,
+                shuffle=False, mask=mask,
+            )  # fmt: skip
+        elif batching == "sentence":
+            assert special_ids is not None
+            batcher = SentenceBatcher(
                 ids,
                 special_ids["start"],
                 special_ids["end"],
@@ -81,9 +104,11 @@ def evaluate_ids(
             )
         else:
             streams = max(1, min(batch_size * world_size, len(ids) - 1))
-            batcher = StreamBatcher(ids, streams // world_size or 1, seq_len, rank, world_size)
+            per_rank = streams // world_size or 1
+            batcher = StreamBatcher(ids, per_rank, seq_len, rank, world_size, mask=mask)
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.float64, device=device)
+        right = torch.zeros((), dtype=torch.float64, device=device)
         cursor = Cursor()
         state = model.initial_state(batcher.batch_size, device)
         steps = batcher.steps_per_epoch
@@ -105,8 +130,13 @@ def evaluate_ids(
                 reduction="sum",
             )
             count += (targets != IGNORE_INDEX).sum()
+            if correct is not None:  # an ignored target (-100) is never the argmax
+                right += (logits.argmax(dim=-1) == targets).sum()
         if reduce is not None:
             total, count = reduce(total), reduce(count)
+            right = reduce(right) if correct is not None else right
+        if correct is not None:
+            correct.append(int(right))
         return float(total), int(count)
     finally:
         model.train(was_training)
@@ -122,10 +152,13 @@ def evaluate_checkpoint(
     which: str = "best",
     errors: str = "strict",
     csv_column: str | None = None,
+    mask: Path | None = None,
 ) -> EvalResult:
     """Score a checkpoint on a text file, tokenised with the checkpoint's own vocabulary.
 
-    A .csv text is read from `csv_column`, by default the column the run trained on.
+    A .csv text is read from `csv_column`, by default the column the run trained on. A `mask`
+    file (charlm/tasks.py, char level) scores only the targets it marks, as training did, and
+    adds the task metrics of its groups.
 
     Characters or words the vocabulary never saw become the unknown token, not an error.
     """
@@ -138,13 +171,27 @@ def evaluate_checkpoint(
     ids = Encoder(tokenizer, level).encode(raw)
     if len(ids) < 2:
         raise DataError(f"{text}: too short to evaluate (needs at least 2 tokens)")
-    nll, predicted = evaluate_ids(
-        model,
-        ids,
-        batching=config.data.batching,
-        batch_size=batch_size or config.train.batch_size,
-        seq_len=seq_len or config.train.seq_len,
-        device=dev,
-        special_ids=special_ids(tokenizer),
-    )
-    return make_result(nll, predicted, len(ids), count_chars(raw))
+    if mask is not None and level != "char":
+        raise DataError(f"{mask}: a mask scores characters; this checkpoint is {level} level")
+    marks = read_mask(mask, len(ids)) if mask is not None else None
+    newline = tokenizer.token_to_id("\n") if level == "char" else None
+    special = {**special_ids(tokenizer), "newline": newline}
+
+    def score(part: np.ndarray, **options: Any) -> tuple[float, int]:
+        return evaluate_ids(
+            model,
+            part,
+            batching=config.data.batching,
+            batch_size=batch_size or config.train.batch_size,
+            seq_len=seq_len or config.train.seq_len,
+            device=dev,
+            special_ids=special,
+            **options,
+        )
+
+    nll, predicted = score(ids, mask=marks)
+    result = make_result(nll, predicted, len(ids), count_chars(raw))
+    if marks is None:
+        return result
+    fields = TaskRun(config, loaded.meta, newline).evaluate(ids, marks, score)
+    return replace(result, task={"scored_tokens": predicted, **fields})

@@ -19,6 +19,7 @@ from charlm.config import DataConfig
 from charlm.corpora import builtin_corpus_text
 from charlm.errors import DataError, UsageError
 from charlm.metrics import progress_bar
+from charlm.tasks import mask_info, mask_path, read_mask
 from charlm.textsource import TextSource, find_split, split_chunks
 from charlm.tokenizer import (
     SEGMENTS,
@@ -34,6 +35,8 @@ from charlm.tokenizer import (
 FORMAT_VERSION = 1
 TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
+TRAIN_MASK, VAL_MASK = "train.mask", "val.mask"  # char level, when the input has a mask file
+TRUTH_FILE = "truth.json"  # beside a synthetic task's text: names the mask's groups
 CHUNK_CHARS = 4 << 20  # text is encoded and written in pieces of about this many characters
 ERROR_MODES = ("strict", "replace")
 
@@ -119,6 +122,9 @@ class PreparedData:
     tokenizer: Tokenizer
     train_ids: np.ndarray  # np.memmap, read-only
     val_ids: np.ndarray  # np.memmap, read-only
+    # charlm/tasks.py's mask bytes, one per id (char level), when the input had a mask file
+    train_mask: np.ndarray | None = None
+    val_mask: np.ndarray | None = None
 
 
 def choose_dtype(vocab_size: int) -> np.dtype:
@@ -139,8 +145,10 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSettings) -> str:
-    payload = {
+def _cache_key(
+    input_sha256: str, val_sha256: str | None, settings: PrepareSettings, mask: str | None = None
+) -> str:
+    payload: dict = {
         "format": FORMAT_VERSION,
         "input": input_sha256,
         "val_input": val_sha256,
@@ -157,6 +165,8 @@ def _cache_key(input_sha256: str, val_sha256: str | None, settings: PrepareSetti
     for name in _WORD_ONLY:
         if settings.level != "word" or getattr(settings, name) == _DEFAULTS[name]:
             del payload["settings"][name]
+    if mask is not None:  # only then: data without a mask keeps the key it always had
+        payload["mask"] = mask
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -175,7 +185,7 @@ _DEFAULTS = PrepareSettings().as_dict()
 
 def _holds_only_our_files(data_dir: Path) -> bool:
     """Whether every entry is a file that prepare writes (an interrupted run leaves such a folder)."""
-    ours = {TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE}
+    ours = {TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE, TRAIN_MASK, VAL_MASK}
     return all(
         entry.name in ours or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
         for entry in data_dir.iterdir()
@@ -197,6 +207,8 @@ def _is_complete(data_dir: Path, meta: dict) -> bool:
             TRAIN_FILE: meta["train_tokens"] * itemsize,
             VAL_FILE: meta["val_tokens"] * itemsize,
         }
+        if meta.get("task"):
+            sizes.update({TRAIN_MASK: meta["train_tokens"], VAL_MASK: meta["val_tokens"]})
         return (data_dir / TOKENIZER_FILE).is_file() and all(
             (data_dir / name).stat().st_size == size for name, size in sizes.items()
         )
@@ -259,6 +271,17 @@ class _Inputs:
     total_chars: int
     cut: int  # characters of the training part
     val_chars: int
+    masks: _Masks | None = None  # the input's mask file(s), split as the text is
+
+
+@dataclass
+class _Masks:
+    """The mask bytes of both parts (charlm/tasks.py), their hash and meta.json's "task"."""
+
+    train: np.ndarray
+    val: np.ndarray
+    sha256: str
+    info: dict
 
 
 @dataclass
@@ -301,7 +324,8 @@ def plan_prepare(
             "choose an empty or new output folder"
         )
     inputs = _scan_inputs(source, settings, report)
-    cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings)
+    mask_sha = inputs.masks.sha256 if inputs.masks else None
+    cache_key = _cache_key(inputs.input_sha256, inputs.val_sha256, settings, mask_sha)
     return PreparePlan(out_dir, settings, inputs, cache_key, existing_meta)
 
 
@@ -358,6 +382,7 @@ def _scan_inputs(source: Path | None, settings: PrepareSettings, report: _Report
         return _Inputs(
             corpus, val_corpus, corpus.name, scan.sha256, val_scan.sha256, total_chars,
             total_chars, val_scan.chars,
+            _read_masks(source, settings, total_chars, total_chars, val_scan.chars),
         )  # fmt: skip
     cut = find_split(corpus.pieces(), total_chars, settings.val_fraction)
     for part, has_text, fix in (
@@ -370,9 +395,43 @@ def _scan_inputs(source: Path | None, settings: PrepareSettings, report: _Report
                 f"{settings.val_fraction} of {total_chars:,} characters); pass a {fix} "
                 "--val-fraction, a --val-file, or a bigger corpus"
             )
+    masks = _read_masks(source, settings, total_chars, cut, total_chars - cut)
     return _Inputs(
-        corpus, None, corpus.name, scan.sha256, None, total_chars, cut, total_chars - cut
+        corpus, None, corpus.name, scan.sha256, None, total_chars, cut, total_chars - cut, masks
     )
+
+
+def _read_masks(
+    source: Path | None, settings: PrepareSettings, chars: int, cut: int, val_chars: int
+) -> _Masks | None:
+    """The mask file beside the input (train.txt -> train.mask) and beside --val-file, checked
+    and split like the text; None when the input has none (data prepared as it always was)."""
+    texts = [p for p in (source, settings.val_file) if p is not None]
+    paths = [mask_path(p) for p in texts if Path(p).is_file() and Path(p).suffix != ".csv"]
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        return None
+    if settings.level != "char":
+        raise UsageError(
+            f"{present[0]}: a mask scores characters, so it needs data.level=char (got "
+            f"{settings.level}); remove the mask file or prepare at char level"
+        )
+    if len(present) != len(paths):
+        missing = next(p for p in paths if not p.is_file())
+        raise DataError(
+            f"{missing}: missing, but {present[0]} exists; the training text and --val-file "
+            "need a mask each, or neither"
+        )
+    whole = read_mask(present[0], chars)
+    if settings.val_file is None:
+        train, val = whole[:cut], whole[cut:]
+    else:
+        train, val = whole, read_mask(present[1], val_chars)
+    truth_file = Path(present[0]).parent / TRUTH_FILE
+    truth = json.loads(truth_file.read_text(encoding="utf-8")) if truth_file.is_file() else None
+    digest = hashlib.sha256(train.tobytes() + b"|" + val.tobytes()).hexdigest()
+    info = mask_info(truth, np.concatenate([train, val]))
+    return _Masks(train, val, digest, info)
 
 
 def _train_tokenizer(inputs: _Inputs, settings: PrepareSettings, report: _Reporter) -> Tokenizer:
@@ -444,6 +503,9 @@ def _write_prepared(
             "special_ids": special_ids(tokenizer),
             "cache_key": cache_key,
         }
+        if inputs.masks is not None:
+            meta["task"] = inputs.masks.info
+            _write_masks(out_dir, inputs.masks, counts[TRAIN_FILE][0], counts[VAL_FILE][0])
         temps[META_FILE].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, META_FILE):
             _fsync_replace(temps[name], out_dir / name)
@@ -451,6 +513,18 @@ def _write_prepared(
         for temp in temps.values():
             temp.unlink(missing_ok=True)
     return meta
+
+
+def _write_masks(out_dir: Path, masks: _Masks, train_tokens: int, val_tokens: int) -> None:
+    if (len(masks.train), len(masks.val)) != (train_tokens, val_tokens):
+        raise DataError("the mask does not line up with the ids (one byte per character)")
+    for name, mask in ((TRAIN_MASK, masks.train), (VAL_MASK, masks.val)):
+        temp = out_dir / f".{name}.tmp"
+        try:
+            mask.astype(np.uint8).tofile(temp)
+            _fsync_replace(temp, out_dir / name)
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def _open_ids(path: Path, dtype: np.dtype, tokens: int) -> np.ndarray:
@@ -482,9 +556,15 @@ def load_prepared(data_dir: Path) -> PreparedData:
         dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         train_ids = _open_ids(data_dir / TRAIN_FILE, dtype, int(meta["train_tokens"]))
         val_ids = _open_ids(data_dir / VAL_FILE, dtype, int(meta["val_tokens"]))
+        masks = [None, None]
+        if meta.get("task"):
+            masks = [
+                _open_ids(data_dir / name, np.dtype(np.uint8), int(meta[count]))
+                for name, count in ((TRAIN_MASK, "train_tokens"), (VAL_MASK, "val_tokens"))
+            ]
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(
             f"{data_dir / META_FILE}: damaged ({error}); run `charlm prepare` again"
         ) from None
     tokenizer = load_tokenizer(data_dir / TOKENIZER_FILE)
-    return PreparedData(data_dir, meta, tokenizer, train_ids, val_ids)
+    return PreparedData(data_dir, meta, tokenizer, train_ids, val_ids, *masks)

@@ -1,4 +1,4 @@
-"""Synthetic long-range tasks (lag, Markov, brackets) with their exact best achievable loss.
+"""Synthetic long-range tasks (lag, Markov, brackets) with their exact best loss and their masks.
 
 Every task is a *probabilistic automaton*: a hidden state s emits character c with probability
 P(c | s) and moves to the state delta(s, c). The text is a sample of this chain started from its
@@ -18,6 +18,11 @@ from a zero state, so the first characters of each stream are predicted without 
 Bayes-optimal predictor under exactly that split (a forward filter over the automaton's states,
 started from pi) is computed on valid.txt by `optimal_stream_loss`, and truth.json lists it for
 common stream counts: that is the exact, like-for-like optimum for `val_loss`.
+
+A lag task also gets mask files (charlm/tasks.py) beside its texts: the recall positions as
+its task positions, and what the loss counts (`score`: "task", the recall positions only, or
+"all"). A staged lag task (`lags`) is one block of whole lines per lag, shortest first, each
+a group of the mask and a stage of the curriculum; held-out lags are in valid.txt only.
 """
 
 from __future__ import annotations
@@ -32,13 +37,22 @@ from typing import Any
 import numpy as np
 
 from charlm.errors import DataError, UsageError
+from charlm.tasks import (
+    CUE,
+    SCORED_TASKS,
+    SCORES,
+    default_score,
+    mask_bytes,
+    mask_path,
+    score_mask,
+    write_mask,
+)
 
 TASKS = ("lag", "markov", "brackets")
 TRUTH_FILE = "truth.json"
 MAX_STATES = 4096  # the stationary distribution is solved densely
 EVAL_STREAMS = (1, 8, 16, 32, 64)  # stream counts (train.batch_size) listed in truth.json
 _BRACKETS = ("()", "[]", "{}", "<>")
-CUE = "="  # lag task: the character before the repeated key
 
 
 @dataclass(frozen=True)
@@ -348,16 +362,140 @@ def make_task(
     return train_text, valid_text, truth
 
 
-def write_task(out: Path, task: str, **options: Any) -> dict[str, Any]:
-    """Write train.txt, valid.txt (no trailing newline beyond what the task emits) and truth.json."""
-    train_text, valid_text, truth = make_task(task, **options)
+def check_score(task: str, score: str | None, lags: list[int], heldout: list[int]) -> str:
+    """The score choice (default: the task's), or a UsageError for what the task cannot do."""
+    score = score or default_score(task)
+    if score not in SCORES:
+        raise UsageError(f"--score {score!r} must be one of: {', '.join(SCORES)}")
+    if score == "task" and task not in SCORED_TASKS:
+        raise UsageError(
+            f"--score task: '{task}' has no scored position (every character is the task); "
+            "use --score all"
+        )
+    if (lags or heldout) and task != "lag":
+        raise UsageError(f"--lags and --heldout-lags apply to the lag task (got '{task}')")
+    if heldout and not lags:
+        raise UsageError("--heldout-lags needs --lags (the stages trained on)")
+    for value in [*lags, *heldout]:
+        _check("lags", value, 1)
+    if len(set(lags + heldout)) != len(lags + heldout):
+        raise UsageError(f"--lags and --heldout-lags must not repeat a lag (got {lags + heldout})")
+    return score
+
+
+def _lag_masks(
+    text: str, truth: dict[str, Any], score: str, group: int, whole_lines: bool = False
+) -> np.ndarray:
+    """The mask of a lag text: recalls as task positions of `group`; the loss: those or all.
+
+    Unless the text starts at a line start (`whole_lines`), a recall before its first line
+    break has its key before the text begins: it is no task position (and not scored), as no
+    model could know it."""
+    scored = score_mask(text, truth)
+    first_line_end = text.find("\n")
+    if not whole_lines:
+        scored[: first_line_end + 1 if first_line_end >= 0 else len(text)] = False
+    loss = scored if score == "task" else np.ones(len(text), dtype=bool)
+    return mask_bytes(scored, loss, group)
+
+
+def _lines_from_start(automaton: Automaton, length: int, rng: np.random.Generator) -> str:
+    """About `length` characters of whole lines, started at the line start (state 0)."""
+    start = np.zeros(automaton.states)
+    start[0] = 1.0
+    text = automaton.sample(max(length, 2), rng, start)
+    end = text.rfind("\n")
+    if end < 0:
+        raise UsageError(f"--length {length} holds no whole line; use a larger --length")
+    return text[: end + 1]
+
+
+def make_staged_lag(
+    lags: list[int], heldout: list[int], score: str, *, length: int, valid_length: int,
+    keys: int, alphabet: int, seed: int,
+) -> tuple[str, str, np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """(train, valid, their masks, truth) of a lag curriculum: a block of lines per lag.
+
+    Stage i (group i + 1) is `length` characters of whole lines at lags[i] in train.txt and
+    `valid_length` in valid.txt; each held-out lag has a block in valid.txt only."""
+    alphabet = alphabet or 8
+    truth: dict[str, Any] = {"task": "lag", "seed": seed, "stages": []}
+    names = {str(i + 1): f"lag{lag}" for i, lag in enumerate(lags + heldout)}
+    truth["score"] = {
+        "mode": score, "cue": CUE, "name": "recall", "groups": names,
+        "curriculum": [f"lag{lag}" for lag in lags], "heldout": [f"lag{lag}" for lag in heldout],
+    }  # fmt: skip
+    rng = np.random.default_rng([seed, 0])
+    parts: dict[str, list] = {"train": [], "valid": [], "train_mask": [], "valid_mask": []}
+    for group, lag in enumerate(lags + heldout, start=1):
+        settings = _task_settings("lag", lag, keys, alphabet, 3, 0.5, 8, 2, 0.5, seed)
+        automaton = build_automaton("lag", settings)
+        splits = [("valid", valid_length)] if lag in heldout else [("train", length)]
+        if lag not in heldout:
+            splits.append(("valid", valid_length))
+        for split, chars in splits:
+            text = _lines_from_start(automaton, chars, rng)
+            parts[split].append(text)
+            parts[f"{split}_mask"].append(_lag_masks(text, truth, score, group, True))
+        rate = automaton.entropy_rate()
+        truth["stages"].append({"lag": lag, "best_loss": rate, "held_out": lag in heldout})
+    truth["settings"] = {"lag": lags[-1], "keys": keys, "alphabet": alphabet, "lags": lags}
+    truth["settings"]["heldout_lags"] = heldout
+    truth["alphabet"] = build_automaton("lag", truth["settings"]).chars
+    truth["recall_chance_loss"] = math.log(keys)
+    truth["stages_note"] = (
+        "one block of whole lines per lag, in this order, each starting at a line start; "
+        "best_loss is that lag's entropy rate (nats/char)"
+    )
+    train, valid = "".join(parts["train"]), "".join(parts["valid"])
+    truth["valid_chars"] = len(valid)
+    masks = [np.concatenate(parts[name]) for name in ("train_mask", "valid_mask")]
+    return train, valid, masks[0], masks[1], truth
+
+
+def write_task(
+    out: Path,
+    task: str,
+    score: str | None = None,
+    lags: list[int] | None = None,
+    heldout_lags: list[int] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Write train.txt, valid.txt (no trailing newline beyond what the task emits), truth.json,
+    and for a lag task train.mask and valid.mask (charlm/tasks.py)."""
+    lags, heldout = list(lags or []), list(heldout_lags or [])
+    score = check_score(task, score, lags, heldout)
+    masks: tuple[np.ndarray, np.ndarray] | None = None
+    if lags:
+        keep = {k: options[k] for k in _STAGED_DEFAULTS if k in options}
+        staged = make_staged_lag(lags, heldout, score, **{**_STAGED_DEFAULTS, **keep})
+        train_text, valid_text, *mask_pair, truth = staged
+        masks = (mask_pair[0], mask_pair[1])
+    else:
+        train_text, valid_text, truth = make_task(task, **options)
+        if task in SCORED_TASKS:
+            name = f"{task}{truth['settings'].get('lag', '')}"
+            truth["score"] = {"mode": score, "cue": CUE, "name": SCORED_TASKS[task]}
+            truth["score"].update(groups={"1": name}, curriculum=[], heldout=[])
+            masks = (
+                _lag_masks(train_text, truth, score, 1),
+                _lag_masks(valid_text, truth, score, 1),
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # newline="" so no platform ever turns "\n" into "\r\n": the files hold exactly the sample.
     (out / "train.txt").write_text(train_text, encoding="utf-8", newline="")
     (out / "valid.txt").write_text(valid_text, encoding="utf-8", newline="")
+    for name, mask in zip(("train.txt", "valid.txt"), masks or (None, None), strict=True):
+        if mask is None:  # a mask left from an earlier task here would be read as this one's
+            mask_path(out / name).unlink(missing_ok=True)
+        else:
+            write_mask(mask_path(out / name), mask)
     (out / TRUTH_FILE).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     return truth
+
+
+_STAGED_DEFAULTS = {"length": 200_000, "valid_length": 20_000, "keys": 8, "alphabet": 0, "seed": 1}
 
 
 def read_truth(task_dir: Path) -> dict[str, Any]:

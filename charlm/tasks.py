@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from charlm.errors import DataError
+from charlm.errors import DataError, UsageError
 
 CUE = "="  # lag task: the character before the scored key
 SCORES = ("all", "task")  # what the loss counts: every character, or the task's positions only
@@ -94,3 +94,71 @@ def read_mask(path: Path, chars: int) -> np.ndarray:
             "character); write the text and its mask together (`charlm data synth`) or delete it"
         )
     return mask
+
+
+# -- what a prepared folder's masks provide (meta.json "task") ------------------------------------
+
+METRICS = {"val_loss": "min", "recall_loss": "min", "recall_accuracy": "max"}  # name: direction
+TASK_METRICS = ("recall_loss", "recall_accuracy")  # measured per group, at its task positions
+
+
+def mask_info(truth: dict[str, Any] | None, mask: np.ndarray) -> dict[str, Any]:
+    """meta.json's "task": the groups present (id -> name), the curriculum, the target group.
+
+    Names, curriculum and held-out groups come from truth.json's "score" block when the mask was
+    written by `charlm data synth`; a hand-made mask gets groups "group1", "group2", ..."""
+    rule = truth.get("score") if truth else None
+    rule = rule if isinstance(rule, dict) else {}
+    present = sorted(int(g) for g in np.unique(groups(mask)) if g)
+    names = {str(g): rule.get("groups", {}).get(str(g), f"group{g}") for g in present}
+    curriculum = [name for name in rule.get("curriculum", []) if name in names.values()]
+    heldout = [name for name in rule.get("heldout", []) if name in names.values()]
+    trained = [name for name in names.values() if name not in heldout]
+    target = curriculum[-1] if curriculum else (trained[-1] if trained else None)
+    return {
+        "mask": True,
+        "score": rule.get("mode", "mask"),
+        "groups": names,
+        "curriculum": curriculum,
+        "heldout": heldout,
+        "target": target,
+    }
+
+
+def provided_metrics(info: dict[str, Any] | None) -> list[str]:
+    """The metric names a run on data with this "task" info can report."""
+    return ["val_loss", *(TASK_METRICS if info and info.get("target") else ())]
+
+
+def check_task_settings(
+    best_by: str, curriculum_metric: str, info: dict[str, Any] | None, source: str
+) -> None:
+    """Refuse (one line, before anything is written) a metric the data cannot provide."""
+    metrics = provided_metrics(info)
+    if best_by not in metrics:
+        raise UsageError(
+            f"train.best_by={best_by}: {source} has no task positions (no mask with groups; "
+            f"make it with `charlm data synth lag`), so it provides only {', '.join(metrics)}"
+        )
+    if curriculum_metric == "off":
+        return
+    if not (info and info.get("curriculum")):
+        raise UsageError(
+            f"train.curriculum_metric={curriculum_metric}: {source} has no curriculum stages; "
+            "make a staged task (`charlm data synth lag --lags 5,10,20`) or set "
+            "train.curriculum_metric=off"
+        )
+
+
+def group_span(mask: np.ndarray, ids: np.ndarray, newline_id: int | None, name: str, info) -> slice:
+    """The whole lines holding the task positions of group `name`: from the line of its first
+    position to the line end after its last (synth writes each stage as one block of lines)."""
+    group = next(int(g) for g, n in info["groups"].items() if n == name)
+    where = np.flatnonzero(groups(mask) == group)
+    first, last = int(where[0]), int(where[-1])
+    ids = np.asarray(ids)
+    before = np.flatnonzero(ids[:first] == newline_id) if newline_id is not None else []
+    after = np.flatnonzero(ids[last:] == newline_id) if newline_id is not None else []
+    start = int(before[-1]) + 1 if len(before) else 0
+    stop = last + int(after[0]) + 1 if len(after) else len(ids)
+    return slice(start, stop)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlm.batching import Cursor, SentenceBatcher, StreamBatcher
+from charlm.batching import Cursor, LineBatcher, SentenceBatcher, StreamBatcher
 from charlm.cells import CELLS, State
 from charlm.checkpoint import (
     LoadedCheckpoint,
@@ -34,6 +34,7 @@ from charlm.checkpoint import (
     save_checkpoint,
 )
 from charlm.config import RunConfig, build_config, config_to_dict, config_to_yaml
+from charlm.curriculum import TaskRun
 from charlm.device import resolve_device, set_threads
 from charlm.distributed import DistContext, setup_distributed
 from charlm.errors import CheckpointError, TrainingStopped, UsageError
@@ -74,6 +75,7 @@ from charlm.schedules import (
     patch_resumed_optimizer,
     variable_bptt_steps,
 )
+from charlm.tasks import check_task_settings
 from charlm.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.train_step import GuardContext, StepTally, TrainStep, make_guard, with_precision
 
@@ -115,6 +117,7 @@ def train(
     plan = plan_data(
         run_dir, config, loaded, text, data_dir, settings, show_progress and is_main_process()
     )
+    _check_task(config, plan, text)
     dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
     try:
         if loaded is not None:
@@ -248,7 +251,8 @@ class Trainer:
             # oneDNN re-plans its RNN kernel for every new sequence length, several times
             # slower on sentence batches (docs/benchmarks.md); the native kernel is not.
             torch.backends.mkldnn.enabled = False
-        self.batcher = _make_batcher(self.config, self.data, self.dist)
+        self.tasks = TaskRun(self.config, self.data.meta, _newline_id(self.data))
+        self.batcher = _make_batcher(self.config, self.data, self.dist, self.tasks)
         t = self.config.train
         self.local_batch = t.batch_size * t.grad_accum  # streams (or sentences) per process
         self.global_batch = self.local_batch * self.dist.world_size
@@ -287,6 +291,9 @@ class Trainer:
         self.step, self.cursor = saved.step, Cursor(saved.epoch, saved.position)
         self.tally.bad_steps, self.tally.clipped_steps = saved.bad_steps, saved.clipped_steps
         self.policy.load_state_dict(_policy_fields(saved))
+        self.tasks.load_state_dict(vars(saved))
+        if self.tasks.stage:  # the stage's own lines, read from the saved cursor on
+            self.batcher = _make_batcher(self.config, self.data, self.dist, self.tasks)
         restore_averaging(self.model, self.averager, loaded)
         check_global_batch(loaded, self.config, dist.world_size, self.run_dir)
         if self.batcher.carries_state:  # the same streams, whatever the split: re-shard exactly
@@ -340,7 +347,7 @@ class Trainer:
             + (f" x {dist.world_size} processes" if dist.is_distributed else ""),
             highlight=False,
         )
-        unit = "streams" if batcher.carries_state else "sentences"
+        unit = "streams" if batcher.carries_state else getattr(batcher, "unit", "sentences")
         mean_length = batcher.tokens_per_epoch / max(getattr(batcher, "sentences", 1), 1)
         tokens = (
             f"{self.global_batch * t.seq_len:,}"
@@ -472,14 +479,7 @@ class Trainer:
     def _validate(self) -> tuple[bool, bool]:
         """Score the validation split and let the policy decide; returns (is best, stop)."""
         with self.averager.applied():  # NT-ASGD: score the averaged weights
-            nll, predicted = _evaluate_split(
-                self.model,
-                self.data.val_ids,
-                self.config,
-                self.dist,
-                self.device,
-                self.data.meta.get("special_ids", {}),
-            )
+            nll, predicted, task_fields = self._score_validation()
         # Bits per character uses the split's tokens-per-character ratio, which also holds for
         # the prefix that eval_batches scores.
         meta = self.data.meta
@@ -489,16 +489,44 @@ class Trainer:
             self.averager.start()
             self.display.message(f"step {self.step}: validation stalled; averaging weights")
         elapsed = time.perf_counter() - self.started
-        self.metrics.write(
-            val_record(
-                self.step, val.loss, val.perplexity, val.bits_per_char, self.layer_norms, elapsed
-            )
+        record = val_record(
+            self.step, val.loss, val.perplexity, val.bits_per_char, self.layer_norms, elapsed
         )
+        advance = self.tasks.observe(task_fields, val.loss, verdict.is_best)
+        self.metrics.write({**record, **self._task_record(predicted, task_fields, advance)})
         self.display.message(
             f"step {self.step}: val loss {val.loss:.4f}, perplexity {val.perplexity:.2f}, "
-            f"{val.bits_per_char:.3f} bits/char" + ("  (best)" if verdict.is_best else "")
+            f"{val.bits_per_char:.3f} bits/char"
+            + (f", recall {task_fields['recall_loss']:.4f}" if "recall_loss" in task_fields else "")
+            + ("  (best)" if advance.is_best else "")
         )
-        return verdict.is_best, verdict.stop
+        if advance.new_stage is not None:  # the next stage's lines, from their start
+            self.batcher = _make_batcher(self.config, self.data, self.dist, self.tasks)
+            self.cursor = Cursor()
+            self.display.message(f"step {self.step}: curriculum stage {advance.new_stage}")
+        return advance.is_best, verdict.stop
+
+    def _score_validation(self) -> tuple[float, int, dict[str, Any]]:
+        """The split's summed loss and scored targets (masked: the scored ones only), and the
+        task metrics per mask group (curriculum.py; {} without a mask)."""
+        special = {**self.data.meta.get("special_ids", {}), "newline": _newline_id(self.data)}
+
+        def evaluate(ids: np.ndarray, **options: Any) -> tuple[float, int]:
+            return _evaluate_split(
+                self.model, ids, self.config, self.dist, self.device, special, **options
+            )
+
+        nll, predicted = evaluate(self.data.val_ids, mask=self.data.val_mask)
+        return nll, predicted, self.tasks.evaluate(self.data.val_ids, self.data.val_mask, evaluate)
+
+    def _task_record(self, predicted: int, fields: dict[str, Any], advance: Any) -> dict[str, Any]:
+        """The validation record's mask and task fields (README, "Synthetic tasks")."""
+        if self.data.val_mask is None:
+            return {}
+        extra = {"scored_tokens": predicted, **fields}
+        if advance.new_stage is not None:
+            extra["advanced_to"] = advance.new_stage
+        return extra
 
     def _save(self, is_best: bool) -> None:
         """Every process takes part: rank 0 saves the carried state of all streams and each
@@ -550,6 +578,7 @@ class Trainer:
             data_dir=str(self.data.data_dir.resolve()),
             parameters=self.params,
             **self.policy.state_dict(),
+            **self.tasks.state_dict(),
         )
 
 
@@ -647,10 +676,36 @@ def _load_data(
     return data
 
 
-def _make_batcher(
-    config: RunConfig, data: PreparedData, dist: DistContext
-) -> StreamBatcher | SentenceBatcher:
+def _check_task(config: RunConfig, plan: DataPlan, text: Path | None) -> None:
+    """best_by and the curriculum need what the data's mask provides: refused before writing."""
+    if plan.prepare is not None:
+        masks = plan.prepare.inputs.masks
+        info, source = (masks.info if masks else None), str(text or "the built-in corpus")
+    else:
+        info, source = load_prepared(plan.data_dir).meta.get("task"), str(plan.data_dir)
     t = config.train
+    check_task_settings(t.best_by, t.curriculum_metric, info, source)
+
+
+def _newline_id(data: PreparedData) -> int | None:
+    return data.tokenizer.token_to_id("\n") if data.meta["level"] == "char" else None
+
+
+def _make_batcher(
+    config: RunConfig, data: PreparedData, dist: DistContext, tasks: TaskRun
+) -> StreamBatcher | SentenceBatcher | LineBatcher:
+    t = config.train
+    span = tasks.train_span(data.train_mask, data.train_ids)  # the curriculum's stage
+    ids = data.train_ids[span]
+    mask = None if data.train_mask is None else data.train_mask[span]
+    if config.data.batching == "lines":
+        newline = _newline_id(data)
+        if newline is None:
+            raise UsageError("data.batching=lines: the training text has no line break")
+        seed = (t.seed, tasks.stage)  # each stage its own shuffle
+        return LineBatcher(
+            ids, newline, t.batch_size * t.grad_accum, seed, dist.rank, dist.world_size, mask=mask
+        )
     if config.data.batching == "sentence":
         special = data.meta["special_ids"]
         return SentenceBatcher(
@@ -662,9 +717,8 @@ def _make_batcher(
             rank=dist.rank,
             world_size=dist.world_size,
         )
-    return StreamBatcher(
-        data.train_ids, t.batch_size * t.grad_accum, t.seq_len, dist.rank, dist.world_size
-    )
+    batch = t.batch_size * t.grad_accum
+    return StreamBatcher(ids, batch, t.seq_len, dist.rank, dist.world_size, mask=mask)
 
 
 def _evaluate_split(
@@ -674,6 +728,7 @@ def _evaluate_split(
     dist: DistContext,
     device: torch.device,
     special: dict,
+    **options: Any,
 ) -> tuple[float, int]:
     """Summed loss and predicted tokens over a split, computed once by all processes together.
 
@@ -696,6 +751,7 @@ def _evaluate_split(
             rank=dist.rank,
             world_size=dist.world_size,
             reduce=dist.all_reduce_sum,
+            **options,
         )
     starts = np.flatnonzero(np.asarray(ids) == special["start"])
     limit = len(starts)

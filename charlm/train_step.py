@@ -35,7 +35,9 @@ from charlm.regularise import WeightAverager, activation_penalty
 MicroBatch = tuple[np.ndarray, np.ndarray, slice]
 
 
-def micro_batches(x: np.ndarray, y: np.ndarray, grad_accum: int) -> list[MicroBatch]:
+def micro_batches(
+    x: np.ndarray, y: np.ndarray, grad_accum: int, cut: bool = True
+) -> list[MicroBatch]:
     """A process's batch (seq_len, batch_size * grad_accum) as grad_accum column groups.
 
     Each group keeps its own streams (and `slice` of the carried state); a group of sentences
@@ -47,7 +49,10 @@ def micro_batches(x: np.ndarray, y: np.ndarray, grad_accum: int) -> list[MicroBa
     groups = []
     for index in range(grad_accum):
         columns = slice(index * width, (index + 1) * width)
-        length = int(np.count_nonzero(y[:, columns] != IGNORE_INDEX, axis=0).max())
+        # The last row any target of the group reads (a masked line's scored targets can stop
+        # before its padding; streams keep every row, as their carried state needs them all).
+        rows = np.flatnonzero((y[:, columns] != IGNORE_INDEX).any(axis=1))
+        length = (int(rows[-1]) + 1 if len(rows) else 1) if cut else len(y)
         x_part = np.ascontiguousarray(x[:length, columns])
         groups.append((x_part, np.ascontiguousarray(y[:length, columns]), columns))
     return groups
@@ -416,7 +421,7 @@ class TrainStep:
         signum: int | None,
         layer_norms: bool,
     ) -> StepResult:
-        parts = micro_batches(x, y, self.config.train.grad_accum)
+        parts = micro_batches(x, y, self.config.train.grad_accum, cut=not carries_state)
         tokens = step_tokens(self.dist, parts, carries_state, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss, new_state = self._forward_backward(parts, state, tokens)
@@ -459,7 +464,7 @@ class TrainStep:
                 )
                 # Scaled so that the sum over micro-batches, averaged over processes by DDP,
                 # is the mean over every target of the global batch.
-                objective = nll * (self.dist.world_size / tokens)
+                objective = nll * (self.dist.world_size / max(tokens, 1))  # masks: 0 is possible
                 if regularised:  # the reported loss stays the plain cross-entropy
                     real = targets != IGNORE_INDEX  # sentence padding is no activation
                     penalty = activation_penalty(output, t.ar_alpha, t.tar_beta, dropped, real)
@@ -467,7 +472,7 @@ class TrainStep:
                 objective.backward()
             nll_sum += nll.detach()
             new_states.append(part_state)
-        return nll_sum / tokens, _join_states(new_states)
+        return nll_sum / max(tokens, 1), _join_states(new_states)
 
     def _clip(self) -> Tensor:
         """Clip as optim.clip_norm / clip_value say; returns the norm before clipping."""

@@ -55,7 +55,7 @@ FLOORS = [
         "runlock",
         "tasks",
     },
-    {"cells", "prepare", "schedules", "synth"},
+    {"cells", "prepare", "schedules", "synth", "curriculum"},
     {"model"},
     {"checkpoint"},
     {"health", "lineup"},
