@@ -79,7 +79,7 @@ def fresh_subjects(
         model = RNNLanguageModel(config.model, tokenizer.get_vocab_size())
         if config.model.unigram_bias:
             model.init_output_bias(ids, config.model.unigram_bias)
-        label = name if name in PRESETS else cell_label(config.model)
+        label = cell_label(config.model)
         subjects.append(
             Subject(
                 label,
