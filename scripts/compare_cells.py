@@ -147,7 +147,8 @@ def train_all(s: dict, data: Path, work: Path, jobs: int) -> dict:
         name, seed, overrides = item
         run = work / "runs" / f"{name}-s{seed}"
         seconds = train_one(data, run, overrides, s["steps"], seed, may_fail=name in CLIPPING)
-        result = summarise(run, s["lags"] + s["heldout"]) | {"seconds": seconds, "run": str(run)}
+        result = summarise(run, s["lags"] + s["heldout"])
+        result |= {"seconds": seconds, "run": str(run), "seed": seed}
         top = s["lags"][-1]
         print(
             f"{name:12s} seed {seed}: recall L={top} {result['recall_loss'][top]} "
