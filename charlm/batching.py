@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -228,17 +229,8 @@ class LineBatcher(SpanBatcher):
 
     unit = "lines"
 
-    def __init__(
-        self,
-        ids: np.ndarray,
-        newline_id: int,
-        batch_size: int,
-        seed: int | tuple[int, ...] = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = True,
-        mask: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, ids: np.ndarray, newline_id: int, batch_size: int, **options: Any) -> None:
+        """`options`: SpanBatcher's seed, rank, world_size, shuffle and mask."""
         ids = np.asarray(ids)
         stops = np.flatnonzero(ids == newline_id) + 1
         if len(stops) == 0 or stops[-1] != len(ids):
@@ -248,7 +240,7 @@ class LineBatcher(SpanBatcher):
         if not keep.any():
             raise DataError("the data has no line of two or more characters to learn from")
         starts, stops = starts[keep], stops[keep]
-        super().__init__(ids, starts, stops, batch_size, seed, rank, world_size, shuffle, mask)
+        super().__init__(ids, starts, stops, batch_size, **options)
 
 
 def to_tensors(

@@ -422,7 +422,7 @@ def make_staged_lag(
     truth: dict[str, Any] = {"task": "lag", "seed": seed, "stages": []}
     names = {str(i + 1): f"lag{lag}" for i, lag in enumerate(lags + heldout)}
     truth["score"] = {
-        "mode": score, "cue": CUE, "name": "recall", "groups": names,
+        "mode": score, "cue": CUE, "name": "recall", "note": _NOTE, "groups": names,
         "curriculum": [f"lag{lag}" for lag in lags], "heldout": [f"lag{lag}" for lag in heldout],
     }  # fmt: skip
     rng = np.random.default_rng([seed, 0])
@@ -475,7 +475,7 @@ def write_task(
         train_text, valid_text, truth = make_task(task, **options)
         if task in SCORED_TASKS:
             name = f"{task}{truth['settings'].get('lag', '')}"
-            truth["score"] = {"mode": score, "cue": CUE, "name": SCORED_TASKS[task]}
+            truth["score"] = {"mode": score, "cue": CUE, "name": SCORED_TASKS[task], "note": _NOTE}
             truth["score"].update(groups={"1": name}, curriculum=[], heldout=[])
             masks = (
                 _lag_masks(train_text, truth, score, 1),
@@ -495,6 +495,11 @@ def write_task(
     return truth
 
 
+_NOTE = (
+    "train.mask/valid.mask: bit 0 = the loss counts the character (mode task: the recalls only, "
+    "all: every character), bits 1-7 = its group (a recall of that lag); with mode task a run's "
+    "val_loss is a recall loss, whose optimum is 0 (best_loss counts every character)"
+)
 _STAGED_DEFAULTS = {"length": 200_000, "valid_length": 20_000, "keys": 8, "alphabet": 0, "seed": 1}
 
 

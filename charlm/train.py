@@ -703,8 +703,9 @@ def _make_batcher(
         if newline is None:
             raise UsageError("data.batching=lines: the training text has no line break")
         seed = (t.seed, tasks.stage)  # each stage its own shuffle
+        batch = t.batch_size * t.grad_accum
         return LineBatcher(
-            ids, newline, t.batch_size * t.grad_accum, seed, dist.rank, dist.world_size, mask=mask
+            ids, newline, batch, seed=seed, rank=dist.rank, world_size=dist.world_size, mask=mask
         )
     if config.data.batching == "sentence":
         special = data.meta["special_ids"]

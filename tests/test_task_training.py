@@ -12,8 +12,9 @@ from helpers import TINY, cli
 from safetensors.torch import load_file
 
 from charlm.batching import IGNORE_INDEX, Cursor, LineBatcher, StreamBatcher
-from charlm.errors import UsageError
+from charlm.errors import DataError, UsageError
 from charlm.metrics import read_metrics
+from charlm.prepare import PrepareSettings, load_prepared, prepare
 from charlm.synth import write_task
 from charlm.tasks import groups, loss_mask, mask_path, read_mask, write_mask
 from charlm.train import train
@@ -231,3 +232,26 @@ def test_evaluate_honours_the_mask_beside_its_text(tmp_path):
     unmasked.write_text(text)  # no plain.mask beside it: every character is scored
     whole = json.loads(cli("evaluate", run, "--text", unmasked, "--json").stdout)
     assert whole["tokens"] == len(text) - text.count("\n") and "groups" not in whole
+
+
+def test_prepare_copies_the_mask_and_refuses_one_that_does_not_fit(tmp_path):
+    task = staged(tmp_path / "t", lags="2")
+    settings = PrepareSettings(level="char", val_file=task / "valid.txt")
+    meta = prepare(task / "train.txt", tmp_path / "data", settings, show_progress=False)
+    data = load_prepared(tmp_path / "data")
+    assert meta["task"]["groups"] == {"1": "lag2", "2": "lag6"}
+    assert data.train_mask.tobytes() == (task / "train.mask").read_bytes()
+    plain = PrepareSettings(level="char", val_file=None)
+    (tmp_path / "p.txt").write_text((task / "train.txt").read_text())
+    prepare(tmp_path / "p.txt", tmp_path / "plain", plain, show_progress=False)
+    assert load_prepared(tmp_path / "plain").train_mask is None  # no mask file: as before
+    (task / "valid.mask").unlink()
+    with pytest.raises(DataError, match="valid.mask: missing, but .*train.mask exists"):
+        prepare(task / "train.txt", tmp_path / "d2", settings, show_progress=False)
+    (task / "valid.mask").write_bytes(b"\x00" * 3)
+    with pytest.raises(DataError, match="valid.mask: 3 bytes but its text has"):
+        prepare(task / "train.txt", tmp_path / "d2", settings, show_progress=False)
+    word = PrepareSettings(level="word", val_file=task / "valid.txt")
+    with pytest.raises(UsageError, match="needs data.level=char"):
+        prepare(task / "train.txt", tmp_path / "d2", word, show_progress=False)
+    assert not (tmp_path / "d2").exists()
