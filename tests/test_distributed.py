@@ -300,10 +300,12 @@ def test_two_processes_match_one_and_resume_on_two_or_one(tmp_path: Path) -> Non
 
 
 def _wait_for_training(run_dir: Path, procs: list[subprocess.Popen], tmp_path: Path) -> None:
+    # A train record, not just the start record: by then every rank has passed a collective
+    # step, so each is in its loop with its signal handler installed (the start record is
+    # written during set-up, and a signal before the handler kills a rank outright).
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while (
-        not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").stat().st_size
-    ):
+    metrics = run_dir / "metrics.jsonl"
+    while not metrics.exists() or '"kind": "train"' not in metrics.read_text(encoding="utf-8"):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             for proc in procs:
                 proc.kill()
