@@ -150,11 +150,18 @@ def check_task_settings(
         )
 
 
-def group_span(mask: np.ndarray, ids: np.ndarray, newline_id: int | None, name: str, info) -> slice:
+def group_span(
+    mask: np.ndarray, ids: np.ndarray, newline_id: int | None, name: str, info: dict[str, Any]
+) -> slice:
     """The whole lines holding the task positions of group `name`: from the line of its first
     position to the line end after its last (synth writes each stage as one block of lines)."""
     group = next(int(g) for g, n in info["groups"].items() if n == name)
     where = np.flatnonzero(groups(mask) == group)
+    if not len(where):
+        raise DataError(
+            f"mask group {name} has no task position in this split; make the task again with "
+            "`charlm data synth` (every stage needs lines in train.txt and valid.txt)"
+        )
     first, last = int(where[0]), int(where[-1])
     ids = np.asarray(ids)
     before = np.flatnonzero(ids[:first] == newline_id) if newline_id is not None else []

@@ -361,6 +361,12 @@ class Trainer:
         )
         if self.device.type == "cpu":
             stderr.print(f"cpu: {self.threads.describe()}; {OPENMP_POLICY}", highlight=False)
+        if self.tasks.stages:
+            stderr.print(
+                f"curriculum: {', '.join(self.tasks.stages)}; now {self.tasks.stage_name} "
+                f"(on {t.curriculum_metric} {t.curriculum_threshold} of its validation lines)",
+                highlight=False,
+            )
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from helpers import TINY, cli
 from safetensors.torch import load_file
 
 from charlm.batching import IGNORE_INDEX, Cursor, LineBatcher, StreamBatcher
+from charlm.config import build_config
+from charlm.curriculum import TaskRun
 from charlm.errors import DataError, UsageError
 from charlm.metrics import read_metrics
 from charlm.prepare import PrepareSettings, load_prepared, prepare
@@ -255,3 +257,20 @@ def test_prepare_copies_the_mask_and_refuses_one_that_does_not_fit(tmp_path):
     with pytest.raises(UsageError, match="needs data.level=char"):
         prepare(task / "train.txt", tmp_path / "d2", word, show_progress=False)
     assert not (tmp_path / "d2").exists()
+
+
+def test_each_stage_trains_on_its_own_block_of_lines(tmp_path):
+    task = staged(tmp_path / "t")
+    prepare(task / "train.txt", tmp_path / "d", PrepareSettings(val_file=task / "valid.txt"))
+    data = load_prepared(tmp_path / "d")
+    config = build_config(overrides=["train.curriculum_metric=recall_accuracy"])
+    tasks = TaskRun(config, data.meta, data.tokenizer.token_to_id("\n"))
+    chars = {i: c for c, i in data.tokenizer.get_vocab().items()}
+    blocks = []
+    for stage in range(3):
+        tasks.stage = stage
+        span = tasks.train_span(data.train_mask, data.train_ids)
+        blocks.append("".join(chars[int(i)] for i in data.train_ids[span]))
+    for block, lag in zip(blocks, (2, 3, 4), strict=True):
+        assert block.endswith("\n") and {len(line) - 3 for line in block.split("\n")[:-1]} == {lag}
+    assert "".join(blocks) == (task / "train.txt").read_text()  # the blocks tile the text
