@@ -76,6 +76,9 @@ class Cell:
     recurrent_bias = True  # a separate b_hh, as PyTorch's kernels have
     extras: dict[str, int] = {}  # further per-layer parameters: name -> size in hidden units
     zero_init: tuple[str, ...] = ()  # UnrolledRNN: parameters (by name prefix) that start at 0
+    blocks: tuple[str, ...] = ("W_hh",)  # names of W_hh's blocks of `hidden` rows, in order
+    # `activations`' entries and their squashing function (sigmoid, tanh or relu)
+    kinds: dict[str, str] = {"h": "tanh"}
 
     def module(self, input_size: int, hidden: int, layers: int, dropout: float) -> nn.Module:
         """The stack of `layers` layers: `module(x (seq, batch, input), state)` -> (output,
@@ -135,6 +138,11 @@ class Cell:
         """The reference step of one layer: x (batch, input) and its state -> new state."""
         raise NotImplementedError
 
+    def activations(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> dict:
+        """The squashed values inside one step, by the names in `kinds` (gates, candidates);
+        a cell that does not say more gives its new output h."""
+        return {"h": self.output(self.step(w, x, state, leak))}
+
     def sequence(
         self, w: LayerWeights, xs: Tensor, state: State, leak: float = 0.0
     ) -> tuple[Tensor, State]:
@@ -161,17 +169,19 @@ class Cell:
 
 class GRU(Cell):
     name, gates, fused = "gru", 3, nn.GRU
+    blocks, kinds = ("r", "z", "n"), {"r": "sigmoid", "z": "sigmoid", "n": "tanh"}
 
-    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
-        h = state
+    def activations(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> dict:
         gx = torch.addmm(w.b_ih, x, w.w_ih.t())
-        gh = torch.addmm(w.b_hh, h, w.w_hh.t())  # type: ignore[arg-type]
+        gh = torch.addmm(w.b_hh, state, w.w_hh.t())  # type: ignore[arg-type]
         xr, xz, xn = gx.chunk(3, dim=1)
         hr, hz, hn = gh.chunk(3, dim=1)
         r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h
+        return {"r": r, "z": torch.sigmoid(xz + hz), "n": torch.tanh(xn + r * hn)}
+
+    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
+        a = self.activations(w, x, state)
+        return (1 - a["z"]) * a["n"] + a["z"] * state
 
     def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
         # r and z see b_ih + b_hh; n sees b_in outside and b_hn inside r * (...).
@@ -197,6 +207,8 @@ class GRU(Cell):
 
 class LSTM(Cell):
     name, gates, fused, paired = "lstm", 4, nn.LSTM, True
+    blocks = ("i", "f", "g", "o")
+    kinds = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid", "tanh(c)": "tanh"}
 
     def initialise_layer(self, w: LayerWeights, config: ModelConfig) -> None:
         # One forget bias in total: PyTorch adds b_ih and b_hh, so set one, zero the other.
@@ -204,12 +216,17 @@ class LSTM(Cell):
         w.b_ih.data[hidden : 2 * hidden] = config.forget_bias
         w.b_hh.data[hidden : 2 * hidden] = 0.0  # type: ignore[union-attr]
 
-    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
+    def activations(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> dict:
         h, c = state
         gates = torch.addmm(w.b_ih, x, w.w_ih.t()) + torch.addmm(w.b_hh, h, w.w_hh.t())  # type: ignore[arg-type]
         i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = f * c + i * g
+        return {"i": i, "f": f, "g": g, "o": o, "c": c, "tanh(c)": torch.tanh(c)}
+
+    def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
+        a = self.activations(w, x, state)
+        return a["o"] * a["tanh(c)"], a["c"]
 
     def lean_step(
         self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
@@ -226,15 +243,22 @@ class LSTM(Cell):
 
 
 class TanhRNN(Cell):
+    """h' = tanh(W_ih x + b_ih + W_hh h + b_hh); leaky units: leak * h + (1 - leak) * that."""
+
     name, gates, fused, fused_kwargs = "rnn", 1, nn.RNN, {"nonlinearity": "tanh"}
+    activation: Callable[[Tensor], Tensor] = staticmethod(torch.tanh)
+    activation_: Callable[[Tensor], Tensor] = staticmethod(Tensor.tanh_)  # in place (lean step)
+
+    def activations(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> dict:
+        """The new unit values before any leak mixes in the old state."""
+        gx = torch.addmm(w.b_ih, x, w.w_ih.t())
+        gh = torch.addmm(w.b_hh, state, w.w_hh.t())  # type: ignore[arg-type]
+        return {"h": self.activation(gx + gh)}
 
     def step(self, w: LayerWeights, x: Tensor, state: State, leak: float = 0.0) -> State:
-        h = state
-        gx = torch.addmm(w.b_ih, x, w.w_ih.t())
-        gh = torch.addmm(w.b_hh, h, w.w_hh.t())  # type: ignore[arg-type]
-        new = torch.tanh(gx + gh)
+        new = self.activations(w, x, state)["h"]
         if leak:
-            new = leak * h + (1 - leak) * new
+            new = leak * state + (1 - leak) * new
         return new
 
     def lean_step(
@@ -242,8 +266,18 @@ class TanhRNN(Cell):
     ) -> State:
         w_x, b_x = layout
         h = state
-        new = torch.addmm(b_x, torch.cat([x, h], dim=1), w_x).tanh_()  # type: ignore[list-item]
+        new = self.activation_(torch.addmm(b_x, torch.cat([x, h], dim=1), w_x))  # type: ignore[list-item]
         return torch.lerp(new, h, leak) if leak else new  # type: ignore[arg-type]
+
+
+class ReluRNN(TanhRNN):
+    """`model.cell=rnn` with `model.nonlinearity=relu`: h' = relu(...). With
+    `model.recurrent_init=identity` it is Le, Jaitly and Hinton (2015)'s IRNN. PyTorch's fused
+    `nn.RNN` has the same choice (nonlinearity="relu"), so the same parameters and kernel."""
+
+    fused_kwargs, kinds = {"nonlinearity": "relu"}, {"h": "relu"}
+    activation = staticmethod(torch.relu)
+    activation_ = staticmethod(Tensor.relu_)
 
 
 class _Projected(Cell):
@@ -273,6 +307,7 @@ class PeepholeLSTM(_Projected, LSTM):
 
     name, fused = "lstm-peephole", None
     extras, zero_init = {"weight_peep": 3}, ("weight_peep",)
+    kinds, activations = {"h": "tanh"}, Cell.activations  # its output h only
 
     def _from_input(self, w: LayerWeights, gx: Tensor, state: State) -> State:
         """The step once the input's share of the gates (x W_ih^T + b_ih) is known."""
@@ -315,6 +350,7 @@ class TutorialGRU(_Projected):
     No fused kernel: unrolled."""
 
     name, gates, recurrent_bias, zero_init = "gru-tutorial", 3, False, ("bias",)
+    blocks = ("z", "r", "c")
 
     def _from_input(self, w: LayerWeights, gx: Tensor, s: Tensor) -> Tensor:  # type: ignore[override]
         hidden = s.shape[1]
@@ -401,3 +437,22 @@ def run_layers(
 CELLS: dict[str, Cell] = {
     cell.name: cell for cell in (GRU(), LSTM(), TanhRNN(), PeepholeLSTM(), TutorialGRU())
 }
+# Variants of a registered cell chosen by a setting: (cell, model.nonlinearity) -> the cell.
+_VARIANTS: dict[tuple[str, str], Cell] = {("rnn", "relu"): ReluRNN()}
+
+
+def cell_for(config: ModelConfig) -> Cell:
+    """The cell object a model's settings ask for (`model.cell`, and `model.nonlinearity` for
+    the plain RNN)."""
+    return _VARIANTS.get((config.cell, config.nonlinearity), CELLS[config.cell])
+
+
+def cell_label(config: ModelConfig) -> str:
+    """A short name for legends: the cell, or the plain RNN's variant (irnn, relu rnn, leaky
+    rnn a=0.9, identity-init rnn)."""
+    if config.cell != "rnn":
+        return config.cell
+    name = "rnn" if config.nonlinearity == "tanh" else "relu rnn"
+    if config.recurrent_init == "identity":
+        name = "irnn" if config.nonlinearity == "relu" else "identity-init rnn"
+    return f"leaky {name} (a={config.leak:g})" if config.leak else name

@@ -661,59 +661,236 @@ def _int_list(option: str, value: str | None) -> list[int]:
 @handle_errors
 def gradients(
     runs: Annotated[
-        list[Path] | None, typer.Argument(help="Run directories (or use --config).")
+        list[Path] | None, typer.Argument(help="Run directories (or use --fresh / --config).")
     ] = None,
     text: Annotated[Path | None, typer.Option("--text", help="Text to draw windows from.")] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    fresh: Annotated[
+        str | None,
+        typer.Option(
+            "--fresh",
+            help="Fresh models to overlay, comma-separated: cells (rnn,gru,lstm,...) or presets "
+            "(irnn, leaky-rnn); --config/--set apply to each.",
+        ),
+    ] = None,
+    at: Annotated[
+        str,
+        typer.Option(
+            "--at",
+            help="random: random positions; task: the task's scored positions (lag: the key "
+            "after the cue), each window run from its line's start.",
+        ),
+    ] = "random",
+    measure: Annotated[
+        str,
+        typer.Option(
+            "--measure",
+            help="loss: |d loss_T / d h_(T-k)|; jacobian: the norm of the state Jacobian "
+            "d s_T / d s_(T-k), independent of the loss.",
+        ),
+    ] = "loss",
+    norm: Annotated[
+        str, typer.Option("--norm", help="--measure jacobian: spectral or frobenius.")
+    ] = "spectral",
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoints", help="all, or steps like 100,500: one curve per kept checkpoint."
+        ),
+    ] = None,
     max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
     batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
     json_out: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG here.")] = None,
+    histograms: Annotated[
+        Path | None,
+        typer.Option("--histograms", help="Also draw gate-activation histograms (PNG)."),
+    ] = None,
+    singular_values: Annotated[
+        Path | None,
+        typer.Option("--singular-values", help="Also draw W_hh's singular values (PNG)."),
+    ] = None,
     device: DeviceOpt = "cpu",
     which: WhichOpt = "best",
 ) -> None:
-    """Gradient of the last step's loss w.r.t. the hidden state k steps back, per layer.
+    """Gradient of the last step's loss (or the state Jacobian) k steps back, per layer.
 
     Vanishing gradients show as a norm falling fast with k; exploding ones as a large maximum.
 
     Examples:
-      charlm gradients runs/rnn runs/lstm --text valid.txt --max-lag 100 --plot grads.png
-      charlm gradients --set model.cell=rnn --set model.recurrent_init=identity --text input.txt
+      charlm gradients --fresh rnn,gru,lstm,irnn --text valid.txt --plot fresh.png
+      charlm gradients runs/rnn runs/lstm --text data/lag20/valid.txt --at task --plot grads.png
+      charlm gradients runs/gru --checkpoints all --measure jacobian --text valid.txt --plot p.png
     """
-    from charlm.errors import UsageError
-    from charlm.gradients import profile_config, profile_run
+    from charlm.gradients import measure_model
 
+    pngs = [p for p in (plot, histograms, singular_values) if p is not None]
+    _check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, pngs)
+    assert text is not None
+    from charlm.prepare import read_text
+
+    raw = read_text(text, csv_column=None)
+    subjects = _gradient_subjects(runs, raw, config, overrides, fresh, checkpoints, which, device)
+    targets = None
+    if at == "task":
+        from charlm.lineup import task_targets
+
+        targets = task_targets(text, raw, subjects)
+    options = {"max_lag": max_lag, "batch": batch, "seed": seed}
+    profiles = [
+        dataclasses.replace(
+            measure_model(
+                s.model,
+                s.ids,
+                **options,
+                targets=targets,
+                measure=measure,
+                norm=norm,
+                line_break=s.line_break if at == "task" else None,
+                source=s.source,
+            ),
+            label=s.label,
+            step=s.step,
+            model_seed=s.model_seed,
+        )  # fmt: skip
+        for s in subjects
+    ]
+    _print_profiles(profiles, json_out, max_lag)
+    if plot is not None:
+        from charlm.cellplots import plot_gradient_profiles
+
+        say(f"wrote {plot_gradient_profiles(profiles, plot)}")
+    if histograms is not None or singular_values is not None:
+        _draw_insides(subjects, profiles, targets, histograms, singular_values, json_out, at)
+
+
+def _check_gradient_options(
+    runs: list[Path] | None,
+    text: Path | None,
+    config: Path | None,
+    overrides: list[str] | None,
+    fresh: str | None,
+    at: str,
+    measure: str,
+    norm: str,
+    pngs: list[Path],
+) -> None:
+    """Every refusal of `charlm gradients` before anything is read or written."""
+    from charlm.errors import UsageError
+    from charlm.gradients import MEASURES, NORMS, POSITIONS
+
+    for flag, value, choices in (
+        ("--at", at, POSITIONS),
+        ("--measure", measure, MEASURES),
+        ("--norm", norm, NORMS),
+    ):
+        if value not in choices:
+            raise UsageError(f"{flag} must be one of {', '.join(choices)} (got '{value}')")
     if text is None:
         raise UsageError("--text FILE is required (the windows are drawn from it)")
-    options = {"max_lag": max_lag, "batch": batch, "seed": seed, "device": device}
-    if runs and (config is not None or overrides):
-        raise UsageError("give run directories or --config/--set (a fresh model), not both")
+    if runs and (config is not None or overrides or fresh):
+        raise UsageError("give run directories or --fresh/--config/--set (fresh models), not both")
+    for png in pngs:
+        if png.suffix.lower() != ".png":
+            raise UsageError(f"{png}: the figure is written as PNG; give a name ending in .png")
+
+
+def _gradient_subjects(
+    runs: list[Path] | None,
+    raw: str,
+    config: Path | None,
+    overrides: list[str] | None,
+    fresh: str | None,
+    checkpoints: str | None,
+    which: str,
+    device: str,
+) -> list:
+    from charlm.device import resolve_device
+    from charlm.errors import UsageError
+    from charlm.lineup import fresh_subjects, run_subjects
+
     if runs:
-        profiles = [profile_run(r, text, which=_which(which), **options) for r in runs]
-    else:
-        profiles = [profile_config(config, overrides or [], text, **options)]
+        return run_subjects(runs, raw, _which(which), checkpoints, device)
+    if checkpoints is not None:
+        raise UsageError("--checkpoints needs run directories")
+    # No --fresh: one fresh model as --config/--set make it ("").
+    names = [n.strip() for n in fresh.split(",") if n.strip()] if fresh else [""]
+    torch_device = str(resolve_device(device, flag="--device"))
+    return fresh_subjects(names, config, overrides or [], raw, torch_device)
+
+
+def _print_profiles(profiles: list, json_out: bool, max_lag: int) -> None:
     if json_out:
         for profile in profiles:
             print(json.dumps(profile.as_dict()))
-    else:
-        shown = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= max_lag]
-        for profile in profiles:
-            print(f"{profile.source}: {profile.cell} {profile.layers}x{profile.hidden_size}")
-            print(
-                "  lag " + "".join(f"  layer {i + 1} mean / max  " for i in range(profile.layers))
+        return
+    shown = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= max_lag]
+    for profile in profiles:
+        print(
+            f"{profile.label} ({profile.source}): {profile.cell} {profile.layers}x{profile.hidden_size}"
+        )
+        print("  lag " + "".join(f"  layer {i + 1} mean / max  " for i in range(profile.layers)))
+        for k in shown:
+            cells = "".join(
+                f"  {profile.grad_norm[i][k - 1]:10.3e} / {profile.grad_norm_max[i][k - 1]:9.3e}"
+                for i in range(profile.layers)
             )
-            for k in shown:
-                cells = "".join(
-                    f"  {profile.grad_norm[i][k - 1]:10.3e} / {profile.grad_norm_max[i][k - 1]:9.3e}"
-                    for i in range(profile.layers)
-                )
-                print(f"  {k:3d}{cells}")
-    if plot is not None:
-        from charlm.plots import plot_gradient_profiles
+            print(f"  {k:3d}{cells}")
 
-        say(f"wrote {plot_gradient_profiles(profiles, plot)}")
+
+def _draw_insides(
+    subjects: list,
+    profiles: list,
+    targets: object,
+    histograms: Path | None,
+    singular_values: Path | None,
+    json_out: bool,
+    at: str,
+) -> None:
+    """--histograms and --singular-values: measured on the same windows as the profiles."""
+    from charlm import cellplots
+    from charlm.probes import activation_stats
+    from charlm.probes import singular_values as svs
+
+    first = profiles[0]
+    where = "the task's scored positions" if at == "task" else "random positions"
+    if histograms is not None:
+        stats = [
+            activation_stats(
+                s.model,
+                s.ids,
+                steps=first.lags[-1],
+                batch=first.windows,
+                seed=first.seed,
+                targets=targets,
+                line_break=s.line_break if at == "task" else None,
+                label=s.label,
+            )  # fmt: skip
+            for s in subjects
+        ]
+        for st in stats:
+            shares = ", ".join(f"{n} {100 * v:.0f}%" for n, v in st.saturation()[0].items())
+            print(json.dumps(st.as_dict()) if json_out else f"{st.label}: saturated/off {shares}")
+        caption = (
+            f"layer 1's activations at every unit and step of {first.windows} windows of "
+            f"{first.lags[-1] + 1} steps ending at {where} (seed {first.seed}); saturated: "
+            "|tanh| > 0.99, sigmoid < 0.01 or > 0.99; relu off: exactly 0"
+        )
+        say(f"wrote {cellplots.plot_activations(stats, histograms, caption)}")
+    if singular_values is not None:
+        spectra = [(s.label, svs(s.model)) for s in subjects]
+        for label, layers in spectra:
+            if json_out:
+                print(json.dumps({"label": label, "singular_values": layers}))
+            else:
+                tops = "; ".join(
+                    ", ".join(f"{b} {v[0]:.2f}" for b, v in blocks.items()) for blocks in layers
+                )
+                print(f"{label}: largest singular value of W_hh per block: {tops}")
+        caption = "singular values of each gate's block of W_hh (its rows for that gate), per layer; grey: 1"
+        say(f"wrote {cellplots.plot_singular_values(spectra, singular_values, caption)}")
 
 
 @app.command()

@@ -68,8 +68,8 @@ _DROPOUTS = (
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # rnn: a plain tanh RNN, for comparison; lstm-peephole: gates also read the cell state (Gers
-    # & Schmidhuber 2000); gru-tutorial: the WildML tutorial's Theano GRU exactly (hard sigmoid
+    # rnn: a plain RNN (tanh, or relu: model.nonlinearity), for comparison; lstm-peephole: gates
+    # also read the cell state (Gers & Schmidhuber 2000); gru-tutorial: the WildML tutorial's Theano GRU exactly (hard sigmoid
     # gates, reset before the recurrent matrix). The last two have no fused kernel (unrolled,
     # slower: docs/benchmarks.md). The cells themselves live in cells.py.
     cell: Literal["gru", "lstm", "rnn", "lstm-peephole", "gru-tutorial"] = "gru"
@@ -91,6 +91,8 @@ class ModelConfig:
     forget_bias: float = 0.0
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
+    # cell=rnn only: relu with recurrent_init=identity is Le et al. (2015)'s IRNN
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
     # Decoder bias at initialisation: this times the log unigram frequencies of the training ids
     # (add-one smoothed). 0: zero bias, a uniform first guess (the tutorial); 1: the unigram
     # model; 0.5: its square root, which starts ahead without the full prior's overconfidence in
@@ -123,6 +125,11 @@ class ModelConfig:
             problems.append(
                 "model.weight_drop and model.hidden_dropout need the fused kernels: "
                 "set them to 0 with model.leak"
+            )
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            problems.append(
+                f"model.nonlinearity={self.nonlinearity} applies to model.cell=rnn only "
+                f"(got cell={self.cell}); drop it or use --set model.cell=rnn"
             )
         if self.leak > 0 and self.cell != "rnn":
             problems.append(
@@ -605,7 +612,7 @@ def build_config(
 
 # Settings added after runs were first saved, with the value such a run actually used: a saved
 # config without the key means the old behaviour, not today's default.
-_SAVED_DEFAULTS = {("model", "init"): "charlm"}
+_SAVED_DEFAULTS = {("model", "init"): "charlm", ("model", "nonlinearity"): "tanh"}
 
 
 def _with_saved_defaults(base: Any) -> Any:

@@ -11,6 +11,7 @@ at a time with its cell's reference step on its own weights (cells.py; tested in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from charlm.cells import layer_of
+from charlm.cells import cell_label, layer_of, map_state
 from charlm.errors import DataError, UsageError
 from charlm.model import RNNLanguageModel
 
@@ -90,9 +91,16 @@ def _per_layer(state: Any, layers: int) -> list[Any]:
     return [layer_of(state, i) for i in range(layers)]
 
 
+MEASURES = ("loss", "jacobian")
+NORMS = ("spectral", "frobenius")
+POSITIONS = ("random", "task")
+
+
 @dataclass(frozen=True)
 class GradientProfile:
-    """Gradient norm against lag for one model: mean and largest over the windows."""
+    """A norm against lag for one model: mean and largest over the windows. `measure` says
+    which: the loss gradient |d loss_T / d h_(T-k)|, or the Jacobian |d s_T / d s_(T-k)| of the
+    layer's state (h; (h, c) for LSTMs) in the `norm` named."""
 
     source: str
     cell: str
@@ -101,17 +109,17 @@ class GradientProfile:
     lags: list[int]
     grad_norm: list[list[float]]  # [layer][lag index], mean over windows
     grad_norm_max: list[list[float]]  # [layer][lag index], largest window
+    label: str = ""  # the legend's name (a cell's name, not a path)
+    measure: str = "loss"
+    norm: str = ""  # jacobian: spectral or frobenius
+    at: str = "random"  # random positions, or the task's scored positions
+    windows: int = 0
+    seed: int = 0  # of the window positions
+    model_seed: int | None = None  # train.seed the weights were drawn with (fresh models)
+    step: int | None = None  # the checkpoint's training step (trained models)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "cell": self.cell,
-            "layers": self.layers,
-            "hidden_size": self.hidden_size,
-            "lags": self.lags,
-            "grad_norm": self.grad_norm,
-            "grad_norm_max": self.grad_norm_max,
-        }
+        return dataclasses.asdict(self)
 
 
 def measure_model(
@@ -123,58 +131,216 @@ def measure_model(
     seed: int = 0,
     source: str = "",
     targets: np.ndarray | None = None,
+    line_break: int | None = None,
+    measure: str = "loss",
+    norm: str = "spectral",
 ) -> GradientProfile:
-    """The gradient-vs-lag profile of `model` over `batch` windows drawn at random from `ids`.
+    """The profile of `model` over `batch` windows drawn at random from `ids`.
 
-    Each window runs BURN_IN steps without gradients from a zero state, then max_lag + 1 steps
-    unrolled; the loss is the cross-entropy of the last step's prediction of the next token.
-    `targets` (positions in `ids`) restricts that predicted token to chosen places, e.g. the
-    recall positions of a lag task; windows too close to the start are left out.
+    Each window runs its burn-in without gradients from a zero state (BURN_IN steps, or with
+    `line_break`, the newline's id, from the start of the target's line), then max_lag + 1 steps unrolled; the
+    loss is the cross-entropy of the last step's prediction of the next token. `targets`
+    (positions in `ids`) restricts that predicted token to chosen places, e.g. the recall
+    positions of a lag task; windows too close to the start are left out. `measure=jacobian`
+    ignores the loss: the norm of the product of the layer's step Jacobians.
     """
     if max_lag < 1 or batch < 1:
         raise UsageError(f"--max-lag and --batch must be at least 1 (got {max_lag}, {batch})")
+    if measure not in MEASURES or norm not in NORMS:
+        raise UsageError(
+            f"--measure is one of {', '.join(MEASURES)}, --norm one of {', '.join(NORMS)}"
+        )
+    ends, starts = draw_windows(ids, max_lag, batch, seed, targets, line_break)
+    device = model.embedding.weight.device
+    was_training = model.training
+    model.eval()  # no dropout: the profile is a property of the weights
+    try:
+        state = burn_in(model, ids, starts, ends - max_lag - 1, device)
+        inputs = torch.as_tensor(
+            np.stack([ids[e - max_lag - 1 : e] for e in ends]).T.astype(np.int64)
+        )
+        inputs = inputs.to(device)  # (max_lag + 1, batch), time-major
+        target = torch.as_tensor(ids[ends].astype(np.int64), device=device)
+        if measure == "loss":
+            norms = _loss_norms(model, state, inputs, target, max_lag)
+        else:
+            norms = _jacobian_norms(model, state, inputs, max_lag, norm)
+    finally:
+        model.train(was_training)
+    return GradientProfile(
+        source=source,
+        cell=model.config.cell,
+        layers=model.config.layers,
+        hidden_size=model.config.hidden_size,
+        lags=list(range(1, max_lag + 1)),
+        grad_norm=norms.mean(dim=2).tolist(),
+        grad_norm_max=norms.amax(dim=2).tolist(),
+        label=cell_label(model.config),
+        measure=measure,
+        norm=norm if measure == "jacobian" else "",
+        at="task" if targets is not None else "random",
+        windows=batch,
+        seed=seed,
+    )
+
+
+def draw_windows(
+    ids: np.ndarray,
+    max_lag: int,
+    batch: int,
+    seed: int,
+    targets: np.ndarray | None,
+    line_break: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows' target positions and where each one's burn-in starts (from a zero state)."""
+    rng = np.random.default_rng(seed)
+    if line_break is not None:
+        if targets is None:
+            targets = np.arange(1, len(ids))
+        return _line_windows(ids, max_lag, batch, rng, np.asarray(targets), line_break)
     span = BURN_IN + max_lag + 2  # inputs and the final target
     if len(ids) < span:
         raise DataError(
             f"the text has {len(ids)} tokens; --max-lag {max_lag} needs at least {span} "
             "(give more text or a smaller --max-lag)"
         )
-    device = model.embedding.weight.device
-    rng = np.random.default_rng(seed)
     if targets is None:
-        starts = rng.integers(0, len(ids) - span + 1, size=batch)
+        ends = rng.integers(span - 1, len(ids), size=batch)
     else:
-        usable = np.asarray(targets)[np.asarray(targets) >= span - 1] - (span - 1)
+        usable = np.asarray(targets)[np.asarray(targets) >= span - 1]
         if len(usable) == 0:
             raise DataError(f"no target position lies {span - 1} or more tokens into the text")
-        starts = rng.choice(usable, size=batch, replace=len(usable) < batch)
-    windows = torch.as_tensor(np.stack([ids[s : s + span] for s in starts]).T.astype(np.int64))
-    windows = windows.to(device)  # (span, batch), time-major as the model wants
-    was_training = model.training
-    model.eval()  # no dropout: the profile is a property of the weights
-    try:
-        with torch.no_grad():
-            _, state = model(windows[:BURN_IN], model.initial_state(batch, device))
-        layers = model.config.layers
-        target = windows[-1]
+        ends = rng.choice(usable, size=batch, replace=len(usable) < batch)
+    return ends, ends - (span - 1)
 
-        def loss(hiddens: list[Tensor]) -> Tensor:
-            return F.cross_entropy(model.output(hiddens[-1]), target, reduction="sum")
 
-        norms = gradient_norms_by_lag(
-            model_step(model), _per_layer(state, layers), list(windows[BURN_IN:-1]), loss, max_lag
-        )  # (layers, lags, batch)
-    finally:
-        model.train(was_training)
-    return GradientProfile(
-        source=source,
-        cell=model.config.cell,
-        layers=layers,
-        hidden_size=model.config.hidden_size,
-        lags=list(range(1, max_lag + 1)),
-        grad_norm=norms.mean(dim=2).tolist(),
-        grad_norm_max=norms.amax(dim=2).tolist(),
-    )
+def _line_windows(
+    ids: np.ndarray,
+    max_lag: int,
+    batch: int,
+    rng: np.random.Generator,
+    targets: np.ndarray,
+    line_break: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows that start at their target's line start (after the previous newline), as a
+    model trained one line per example from a zero state sees them."""
+    breaks = np.flatnonzero(ids == line_break)
+    which = np.searchsorted(breaks, targets) - 1  # the newline before each target
+    ok = which >= 0
+    starts = np.where(ok, breaks[np.clip(which, 0, None)] + 1, 0)
+    reach = targets - starts - 1  # steps from the line's first state to the last input
+    usable = ok & (reach >= max_lag)
+    if not usable.any():
+        longest = int(reach[ok].max()) if ok.any() else 0
+        raise DataError(
+            f"--max-lag {max_lag}: the scored positions lie at most {longest} steps after "
+            f"their line's first character; give --max-lag {max(longest, 1)} or less"
+        )
+    pick = rng.choice(np.flatnonzero(usable), size=batch, replace=usable.sum() < batch)
+    return targets[pick], starts[pick]
+
+
+def burn_in(
+    model: RNNLanguageModel, ids: np.ndarray, starts: np.ndarray, stops: np.ndarray, device: Any
+) -> list[Any]:
+    """Each window's state (per layer) after ids[start:stop] from a zero state, no gradients."""
+    layers = model.config.layers
+    with torch.no_grad():
+        if len(set((stops - starts).tolist())) == 1:  # one length: one batched call
+            state = model.initial_state(len(starts), device)
+            if stops[0] > starts[0]:
+                tokens = np.stack([ids[a:b] for a, b in zip(starts, stops, strict=True)]).T
+                _, state = model(torch.as_tensor(tokens.astype(np.int64), device=device), state)
+            return _per_layer(state, layers)
+        finals = []
+        for a, b in zip(starts, stops, strict=True):
+            state = model.initial_state(1, device)
+            if b > a:
+                tokens = torch.as_tensor(ids[a:b].astype(np.int64), device=device)[:, None]
+                _, state = model(tokens, state)
+            finals.append(state)
+        return _per_layer(map_state(lambda *s: torch.cat(s, dim=1), *finals), layers)
+
+
+def _loss_norms(
+    model: RNNLanguageModel, state: list[Any], inputs: Tensor, target: Tensor, max_lag: int
+) -> Tensor:
+    def loss(hiddens: list[Tensor]) -> Tensor:
+        return F.cross_entropy(model.output(hiddens[-1]), target, reduction="sum")
+
+    return gradient_norms_by_lag(model_step(model), state, list(inputs), loss, max_lag)
+
+
+def _jacobian_norms(
+    model: RNNLanguageModel, state: list[Any], inputs: Tensor, max_lag: int, norm: str
+) -> Tensor:
+    """Per layer: the layer's inputs are recorded in one pass, then its Jacobians taken."""
+    step = model_step(model)
+    with torch.no_grad():
+        layer_inputs: list[list[Tensor]] = [[model.embedding(x) for x in inputs]]
+        starts, current = list(state), list(state)
+        for x in inputs:
+            current, hiddens = step(x, current)
+            for layer, h in enumerate(hiddens[:-1]):
+                if len(layer_inputs) <= layer + 1:
+                    layer_inputs.append([])
+                layer_inputs[layer + 1].append(h)
+    cell, leak = model.cell, model.config.leak
+    rows = []
+    for layer, xs in enumerate(layer_inputs):
+        w = model.layer_weights(layer)
+        rows.append(
+            jacobian_norms_by_lag(
+                lambda x, s, w=w: cell.step(w, x, s, leak), starts[layer], xs, max_lag, norm
+            )
+        )
+    return torch.stack(rows)  # (layers, lags, batch)
+
+
+LayerStep = Callable[[Tensor, Any], Any]  # (x (batch, input), a layer's state) -> new state
+
+
+def jacobian_norms_by_lag(
+    step: LayerStep, state: Any, inputs: Sequence[Tensor], max_lag: int, norm: str = "spectral"
+) -> Tensor:
+    """|d s_T / d s_(T-k)| for k = 1..max_lag, per window: (lags, batch).
+
+    s is one layer's whole state (h, or h and c side by side for an LSTM), s_t the state after
+    input t; the Jacobian is the product J_T J_(T-1) .. J_(T-k+1) of the step Jacobians
+    J_t = d s_t / d s_(t-1), each taken in one backward pass (the state copied once per output
+    unit). `norm`: spectral (the largest singular value) or frobenius.
+    """
+    if len(inputs) < max_lag + 1:
+        raise UsageError(
+            f"max_lag {max_lag} needs at least {max_lag + 1} steps (got {len(inputs)})"
+        )
+    states = [state]
+    with torch.no_grad():
+        for x in inputs:
+            states.append(step(x, states[-1]))
+    product, norms = None, []
+    for t in range(len(inputs), len(inputs) - max_lag, -1):  # J_T first
+        jac = step_jacobian(step, inputs[t - 1], states[t - 1])  # (batch, D, D)
+        product = jac if product is None else product @ jac
+        ord_ = 2 if norm == "spectral" else "fro"
+        norms.append(torch.linalg.matrix_norm(product, ord=ord_).detach().cpu())
+    return torch.stack(norms)
+
+
+def step_jacobian(step: LayerStep, x: Tensor, state: Any) -> Tensor:
+    """d s_t / d s_(t-1) per window: (batch, D, D), rows the new state's units."""
+    parts = state if isinstance(state, tuple) else (state,)
+    sizes = [p.shape[1] for p in parts]
+    flat = torch.cat(parts, dim=1).detach()  # (batch, D)
+    batch, size = flat.shape
+    copies = flat.repeat_interleave(size, dim=0).requires_grad_(True)  # (batch * D, D)
+    pieces = copies.split(sizes, dim=1)
+    new = step(x.repeat_interleave(size, dim=0), pieces if isinstance(state, tuple) else pieces[0])
+    new_flat = torch.cat(new if isinstance(new, tuple) else (new,), dim=1)
+    # Copy j of window b keeps output unit j only: its gradient is row j of J.
+    pick = torch.eye(size, device=flat.device).repeat(batch, 1)
+    (grad,) = torch.autograd.grad((new_flat * pick).sum(), copies)
+    return grad.reshape(batch, size, size)
 
 
 def profile_run(

@@ -10,7 +10,16 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from charlm.cells import CELLS, LayerWeights, State, layer_of, map_state, run_layers, stack_layers
+from charlm.cells import (
+    CELLS,
+    LayerWeights,
+    State,
+    cell_for,
+    layer_of,
+    map_state,
+    run_layers,
+    stack_layers,
+)
 from charlm.config import ModelConfig
 from charlm.regularise import embedding_dropout, locked_dropout
 
@@ -36,7 +45,7 @@ class RNNLanguageModel(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim)
-        self.cell = CELLS[config.cell]
+        self.cell = cell_for(config)
         self.rnn = self.cell.module(
             config.embedding_dim,
             config.hidden_size,

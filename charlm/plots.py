@@ -1,16 +1,13 @@
-"""PNG figures: training curves from runs' metrics.jsonl, and gradient norm against lag."""
+"""PNG figures: training curves from runs' metrics.jsonl (the cells' insides: cellplots.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from charlm.errors import DataError, UsageError
 from charlm.metrics import read_metrics
-
-if TYPE_CHECKING:
-    from charlm.gradients import GradientProfile
 
 
 def _pyplot() -> Any:
@@ -119,34 +116,4 @@ def plot_runs(
         ax.grid(alpha=0.3)
     fig.text(0.5, 0.01, _caption(runs, labels, x), ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, out)
-
-
-def plot_gradient_profiles(
-    profiles: Sequence[GradientProfile], out: Path, labels: Sequence[str] | None = None
-) -> Path:
-    """Gradient norm against lag on a log scale: the mean over windows (dotted: the largest, for
-    one-layer models, where the figure stays readable)."""
-    if not profiles:
-        raise UsageError("no gradient profiles to plot")
-    labels = list(labels) if labels else [p.source or p.cell for p in profiles]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, (profile, label) in enumerate(zip(profiles, labels, strict=True)):
-        colour = f"C{i % 10}"
-        for layer in range(profile.layers):
-            name = label if profile.layers == 1 else f"{label} layer {layer + 1}"
-            style = ["-", "--", "-.", ":"][layer % 4]
-            ax.plot(profile.lags, profile.grad_norm[layer], color=colour, ls=style, label=name)
-            if profile.layers == 1:
-                ax.plot(profile.lags, profile.grad_norm_max[layer], color=colour, ls=":", lw=0.8)
-    ax.set(
-        yscale="log",
-        xlabel="lag k (steps back from the last step)",
-        ylabel="|d loss_T / d h_{T-k}|",
-        title="gradient reaching the hidden state k steps back",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, out)

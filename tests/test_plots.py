@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from charlm.cellplots import plot_gradient_profiles
 from charlm.gradients import GradientProfile
 from charlm.metrics import read_metrics
-from charlm.plots import plot_gradient_profiles, plot_runs
+from charlm.plots import plot_runs
 from tests.helpers import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
