@@ -724,8 +724,6 @@ def gradients(
       charlm gradients runs/rnn runs/lstm --text data/lag20/valid.txt --at task --plot grads.png
       charlm gradients runs/gru --checkpoints all --measure jacobian --text valid.txt --plot p.png
     """
-    from charlm.gradients import measure_model
-
     pngs = [p for p in (plot, histograms, singular_values) if p is not None]
     _check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, pngs)
     assert text is not None
@@ -738,17 +736,31 @@ def gradients(
         from charlm.lineup import task_targets
 
         targets = task_targets(text, raw, subjects)
-    options = {"max_lag": max_lag, "batch": batch, "seed": seed}
-    profiles = [
+    options = {"max_lag": max_lag, "batch": batch, "seed": seed, "measure": measure, "norm": norm}
+    profiles = _measure_subjects(subjects, targets, at == "task", options)
+    _print_profiles(profiles, json_out, max_lag)
+    if plot is not None:
+        from charlm.cellplots import plot_gradient_profiles
+
+        say(f"wrote {plot_gradient_profiles(profiles, plot)}")
+    if histograms is not None or singular_values is not None:
+        _draw_insides(subjects, profiles, targets, histograms, singular_values, json_out, at)
+
+
+def _measure_subjects(
+    subjects: list[Any], targets: Any, at_task: bool, options: dict[str, Any]
+) -> list[Any]:
+    """One GradientProfile per subject (fresh model, run or checkpoint), labelled for the plot."""
+    from charlm.gradients import measure_model
+
+    return [
         dataclasses.replace(
             measure_model(
                 s.model,
                 s.ids,
                 **options,
                 targets=targets,
-                measure=measure,
-                norm=norm,
-                line_break=s.line_break if at == "task" else None,
+                line_break=s.line_break if at_task else None,
                 source=s.source,
             ),
             label=s.label,
@@ -757,13 +769,6 @@ def gradients(
         )  # fmt: skip
         for s in subjects
     ]
-    _print_profiles(profiles, json_out, max_lag)
-    if plot is not None:
-        from charlm.cellplots import plot_gradient_profiles
-
-        say(f"wrote {plot_gradient_profiles(profiles, plot)}")
-    if histograms is not None or singular_values is not None:
-        _draw_insides(subjects, profiles, targets, histograms, singular_values, json_out, at)
 
 
 def _check_gradient_options(
