@@ -187,6 +187,7 @@ def score_text(
     if marks is None:
         return result
     fields = TaskRun(config, meta or {}, newline).evaluate(ids, marks, score)
+    fields.pop("stage", None)  # a training run's state, not a property of the scored text
     return replace(result, task={"scored_tokens": predicted, **fields})
 
 

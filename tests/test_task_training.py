@@ -164,6 +164,11 @@ def test_curriculum_advances_and_resumes_exactly_across_a_stage_change(tmp_path)
     assert record["recall_loss"] == record["groups"]["lag4"]["recall_loss"]  # target: last stage
     for group in record["groups"].values():
         assert 0 <= group["recall_accuracy"] <= 1 and group["recall_loss"] > 0
+    # evaluate scores a text, not a training stage: no "stage" (a fresh TaskRun said stage 0)
+    scores = json.loads(cli("evaluate", straight, "--text", task / "valid.txt", "--json").stdout)
+    assert "stage" not in scores and scores["recall_loss"] == pytest.approx(
+        record["recall_loss"], rel=1e-6
+    )
 
 
 def test_curriculum_stays_until_its_threshold_passes(tmp_path):
