@@ -727,15 +727,12 @@ def gradients(
     pngs = [p for p in (plot, histograms, singular_values) if p is not None]
     _check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, pngs)
     assert text is not None
+    from charlm.lineup import task_targets
     from charlm.prepare import read_text
 
     raw = read_text(text, csv_column=None)
     subjects = _gradient_subjects(runs, raw, config, overrides, fresh, checkpoints, which, device)
-    targets = None
-    if at == "task":
-        from charlm.lineup import task_targets
-
-        targets = task_targets(text, raw, subjects)
+    targets = task_targets(text, raw, subjects) if at == "task" else None
     options = {"max_lag": max_lag, "batch": batch, "seed": seed, "measure": measure, "norm": norm}
     profiles = _measure_subjects(subjects, targets, at == "task", options)
     _print_profiles(profiles, json_out, max_lag)

@@ -59,6 +59,39 @@ def make_result(nll_sum: float, predicted: int, tokens: int, chars: int) -> Eval
     return EvalResult(loss, perplexity, bpc, predicted, chars)
 
 
+def _eval_batcher(
+    ids: np.ndarray,
+    batching: str,
+    batch_size: int,
+    seq_len: int,
+    special_ids: dict | None,
+    rank: int,
+    world_size: int,
+    mask: np.ndarray | None,
+) -> StreamBatcher | SentenceBatcher | LineBatcher:
+    """The batches of `ids` in their training order, unshuffled: lines, sentences or streams."""
+    if batching == "lines":
+        assert special_ids is not None
+        return LineBatcher(
+            ids, special_ids["newline"], batch_size, rank=rank, world_size=world_size,
+            shuffle=False, mask=mask,
+        )  # fmt: skip
+    if batching == "sentence":
+        assert special_ids is not None
+        return SentenceBatcher(
+            ids,
+            special_ids["start"],
+            special_ids["end"],
+            batch_size,
+            rank=rank,
+            world_size=world_size,
+            shuffle=False,
+        )
+    streams = max(1, min(batch_size * world_size, len(ids) - 1))
+    per_rank = streams // world_size or 1
+    return StreamBatcher(ids, per_rank, seq_len, rank, world_size, mask=mask)
+
+
 @torch.inference_mode()
 def evaluate_ids(
     model: RNNLanguageModel,
@@ -86,27 +119,9 @@ def evaluate_ids(
     was_training = model.training
     model.eval()
     try:
-        if batching == "lines":
-            assert special_ids is not None
-            batcher: StreamBatcher | SentenceBatcher | LineBatcher = LineBatcher(
-                ids, special_ids["newline"], batch_size, rank=rank, world_size=world_size,
-                shuffle=False, mask=mask,
-            )  # fmt: skip
-        elif batching == "sentence":
-            assert special_ids is not None
-            batcher = SentenceBatcher(
-                ids,
-                special_ids["start"],
-                special_ids["end"],
-                batch_size,
-                rank=rank,
-                world_size=world_size,
-                shuffle=False,
-            )
-        else:
-            streams = max(1, min(batch_size * world_size, len(ids) - 1))
-            per_rank = streams // world_size or 1
-            batcher = StreamBatcher(ids, per_rank, seq_len, rank, world_size, mask=mask)
+        batcher = _eval_batcher(
+            ids, batching, batch_size, seq_len, special_ids, rank, world_size, mask
+        )
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.float64, device=device)
         right = torch.zeros((), dtype=torch.float64, device=device)
