@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from charlm.model import LeanStepper, RNNLanguageModel
-from charlm.sample import choose
+from charlm.sample import choose, start_ids
 from charlm.tokenizer import Encoder, StreamDecoder, special_ids
 
 
@@ -55,15 +55,6 @@ def sample_seed(train_seed: int, step: int) -> int:
     return int(np.random.SeedSequence([train_seed, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _first_ids(tokenizer: Tokenizer, level: str, special: dict[str, int | None]) -> list[int]:
-    """Where generation starts, as `charlm sample` starts without --prime: SENTENCE_START for
-    a sentence model, else the token of a line break."""
-    if level == "word" and special.get("start") is not None:
-        return [int(special["start"])]  # type: ignore[arg-type]
-    ids = [int(i) for i in Encoder(tokenizer, level).encode("\n")]
-    return ids[-1:] if ids else [0]
-
-
 @torch.no_grad()
 def draw_sample(
     model: RNNLanguageModel,
@@ -85,7 +76,7 @@ def draw_sample(
     banned = [special["unk"]] + ([special["start"]] if level == "word" else [])
     banned_ids = [b for b in banned if b is not None]
     decoder = StreamDecoder(tokenizer, level)
-    current = torch.tensor(_first_ids(tokenizer, level, special), device=device)
+    current = torch.tensor(start_ids(Encoder(tokenizer, level), level, special), device=device)
     state = model.initial_state(1, device)
     pieces, finite = [], True
     for _ in range(length):

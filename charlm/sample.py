@@ -103,6 +103,15 @@ def choose(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def start_ids(encoder: Encoder, level: str, special: dict[str, int | None]) -> list[int]:
+    """Where generation starts without a prime: SENTENCE_START for a sentence (word) model,
+    else the token of a line break."""
+    if level == "word" and special.get("start") is not None:
+        return [int(special["start"])]  # type: ignore[arg-type]
+    ids = [int(i) for i in encoder.encode("\n")]
+    return ids[-1:] if ids else [0]
+
+
 class Sampler:
     """A loaded model ready to generate; `generate` calls `emit(sample_index, text)` as it goes."""
 
@@ -123,10 +132,7 @@ class Sampler:
             if self.level == "word" and ids and ids[-1] == self.special["end"]:
                 ids = ids[:-1]  # continue the last sentence rather than start a new one
             return ids
-        if self.level == "word" and self.special.get("start") is not None:
-            return [self.special["start"]]
-        ids = [int(i) for i in self.encoder.encode("\n")]
-        return ids[-1:] if ids else [0]
+        return start_ids(self.encoder, self.level, self.special)
 
     def check_memory(self, options: SampleOptions) -> None:
         """Refuse --num-samples/--length that cannot fit: per sample, the carried state, a few
