@@ -127,6 +127,9 @@ class RunState:
     # from 0 when resumed, and its tokens stay unknown (None).
     elapsed_s: float = 0.0
     tokens: int | None = None
+    # The CPU threads the run trained with (train.threads=0 keeps it on resume: a thread change
+    # alters the last bits); None before charlm 0.2 and off the CPU.
+    threads: int | None = None
     # Written by save_checkpoint, read by `charlm info`.
     version: int = FORMAT_VERSION
     charlm_version: str | None = None
@@ -160,6 +163,7 @@ class RunState:
             "parameters": self.parameters,
             "elapsed_s": self.elapsed_s,
             "tokens": self.tokens,
+            **({"threads": self.threads} if self.threads else {}),
             **({"tokenizer_sha256": self.tokenizer_sha256} if self.tokenizer_sha256 else {}),
             **self._task_json(),
         }
@@ -196,6 +200,7 @@ class RunState:
             best_metric=(info.get("task") or {}).get("best"),
             elapsed_s=float(info.get("elapsed_s") or 0.0),
             tokens=info.get("tokens"),
+            threads=info.get("threads"),
             version=int(info.get("version", FORMAT_VERSION)),
             charlm_version=info.get("charlm_version"),
             torch_version=info.get("torch_version"),

@@ -208,7 +208,12 @@ class TrainConfig:
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
     seed: int = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    threads: int = 0  # CPU intra-op threads (0 = PyTorch's default)
+    # CPU intra-op threads. 0: charlm's choice, fixed for the run from the model's size and the
+    # cores (every core, or one for small steps) and kept on resume (charlm/threads.py)
+    threads: int = 0
+    # true: follow the machine's load (one thread while other programs keep a core busy).
+    # Faster on a shared machine, but the last bits of the weights then depend on the load.
+    adapt_threads: bool = False
     # bf16: autocast on CUDA (weights, optimiser and state stay fp32); refused on a CPU, where
     # autocast leaves GRU/LSTM in fp32 and gains nothing
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -343,6 +348,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.max_bad_steps",
         "train.device",
         "train.threads",
+        "train.adapt_threads",
         "train.precision",
         "train.compile",
         "train.step_guard",

@@ -46,6 +46,21 @@ def step_macs(gates: int, layers: int, hidden: int, embedding: int, vocab: int, 
     return batch * (recurrent + hidden * vocab)
 
 
+def choose_threads(
+    requested: int, macs: int, available: int, environ: MutableMapping[str, str] | None = None
+) -> int:
+    """train.threads=0's rule, for training, sampling and evaluation alike: every usable core
+    for steps of at least SMALL_STEP_MACS, else one; never the load, so the numerics do not
+    depend on it. A chosen count (`requested`, or OMP_NUM_THREADS) is kept."""
+    environ = os.environ if environ is None else environ
+    if requested > 0:
+        return requested
+    most = max(1, min(available, _usable_cores()))
+    if "OMP_NUM_THREADS" in environ:
+        return most
+    return most if macs >= SMALL_STEP_MACS else 1
+
+
 def _usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -91,10 +106,17 @@ class ThreadChange:
 
 
 class ThreadGovernor:
-    """train.threads=0: every core while the machine is idle, one thread while other programs
+    """train.threads=0: the thread count is fixed for the whole run, from the model's size and
+    the usable cores alone (every core, or one for steps too small to split), so a run's
+    numerics never depend on the machine's load: a thread change alters the last bits of some
+    reductions. A resumed run keeps the count its checkpoint recorded (`recorded`), on any
+    machine. A chosen train.threads or OMP_NUM_THREADS is kept as it is.
+
+    train.adapt_threads=true (opt-in) follows the load instead: one thread while other programs
     keep a core busy (two threads then wait on each other's time slices: measured 3-5x slower),
-    and one thread for steps too small to split. A chosen train.threads or OMP_NUM_THREADS is
-    kept as it is. `check()` at logging steps re-reads the load over at least MIN_WINDOW_S."""
+    every core again once the machine is idle; `check()` re-reads the load at logging steps over
+    at least MIN_WINDOW_S. Such a run is not bit-identical to one that never changed count.
+    Without it, `check()` only says, once, that the machine is busy and what would help."""
 
     def __init__(
         self,
@@ -105,29 +127,41 @@ class ThreadGovernor:
         meter: LoadMeter | None = None,
         clock: Callable[[], float] = time.monotonic,
         environ: MutableMapping[str, str] | None = None,
+        adapt: bool = False,
+        recorded: int | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
         self.set_threads, self.clock = set_threads, clock
         self.fixed = requested > 0 or "OMP_NUM_THREADS" in environ
         self.most = requested if requested > 0 else max(1, min(available, _usable_cores()))
-        self.adaptive = not self.fixed and self.most > 1 and macs >= SMALL_STEP_MACS
-        self.meter = meter if meter is not None else (LoadMeter(clock) if self.adaptive else None)
+        splits = macs >= SMALL_STEP_MACS
+        self.adaptive = adapt and not self.fixed and self.most > 1 and splits
+        self.recorded = recorded if (recorded and not self.fixed and not self.adaptive) else None
+        self.meter = meter if meter is not None else (LoadMeter(clock) if self.most > 1 else None)
         self.since = clock()
-        self.threads = self.most if (self.fixed or self.adaptive) else 1
+        if self.recorded is not None:
+            self.threads = self.recorded
+        else:
+            self.threads = choose_threads(requested, macs, available, environ)
         self.reason = self._first_reason(macs)
         self.last_change: ThreadChange | None = None
+        self.warned = False
 
     def _first_reason(self, macs: int) -> str:
         if self.fixed:
             return "as set"
+        if self.recorded is not None:
+            return "as the run recorded"
         if self.most == 1:
             return "one core"
-        if not self.adaptive:
+        if self.threads == 1:
             return f"auto: a step of {macs:,} multiply-adds is too small to split"
-        return f"auto: {self.most} while the machine is idle, 1 while it is busy"
+        if self.adaptive:
+            return f"adapt_threads: {self.most} while the machine is idle, 1 while it is busy"
+        return "auto: every core, fixed for the run"
 
     def start(self) -> ThreadChange | None:
-        """Apply the first choice, judging the load over a short first window."""
+        """Apply the first choice; adapt_threads also judges the load over a short first window."""
         self.set_threads(self.threads)
         if not self.adaptive:
             return None
@@ -137,10 +171,28 @@ class ThreadGovernor:
         return self._judge()
 
     def check(self) -> ThreadChange | None:
-        """At a logging step: follow the load seen since the last judgement."""
+        """At a logging step: adapt_threads follows the load seen since the last judgement."""
         if not self.adaptive or self.clock() - self.since < MIN_WINDOW_S:
             return None
         return self._judge()
+
+    def busy_hint(self) -> str | None:
+        """Once, when a fixed count of several threads shares the machine with a busy program:
+        what the user can do about it (the count itself stays, so the numerics do)."""
+        if self.warned or self.adaptive or self.threads < 2 or self.meter is None:
+            return None
+        if self.clock() - self.since < MIN_WINDOW_S / 4:
+            return None
+        others = self.meter.others()
+        self.since = self.clock()
+        if others is None or others < BUSY_CORES:
+            return None
+        self.warned = True
+        return (
+            f"cpu: other programs use {others:.1f} cores; {self.threads} threads may run several "
+            "times slower now. --set train.threads=1 (reproducible) or train.adapt_threads=true "
+            "(follows the load; the last bits then depend on it) can help"
+        )
 
     def _judge(self) -> ThreadChange | None:
         others = self.meter.others() if self.meter is not None else None

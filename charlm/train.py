@@ -297,9 +297,11 @@ class Trainer:
     def _setup_model(self) -> None:
         t, dist = self.config.train, self.dist
         self.vocab_size = int(self.data.meta["vocab_size"])
+        recorded = self.loaded.state.threads if self.loaded is not None else None
         self.threads = _thread_governor(
-            self.config, self.vocab_size, self.local_batch, dist, self.device, self.load_meter
-        )
+            self.config, self.vocab_size, self.local_batch, dist, self.device, self.load_meter,
+            recorded,
+        )  # fmt: skip
         self.threads.start()
         seed_everything(t.seed)
         model = RNNLanguageModel(self.config.model, self.vocab_size)
@@ -532,6 +534,9 @@ class Trainer:
         change = self.threads.check()
         if change is not None:
             self.display.message(f"cpu: {change.threads} thread(s): {change.reason}")
+        hint = self.threads.busy_hint()
+        if hint is not None:
+            self.display.message(hint)
         self.display.update(
             self.step,
             f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {grad_norm:.2f}  clipped {clipped:.0%}",
@@ -666,6 +671,7 @@ class Trainer:
             parameters=self.params,
             elapsed_s=time.perf_counter() - self.started,
             tokens=self.tokens,
+            threads=self.threads.threads if self.device.type == "cpu" else None,
             **self.policy.state_dict(),
             **self.tasks.state_dict(),
         )
@@ -678,8 +684,10 @@ def _thread_governor(
     dist: DistContext,
     device: torch.device,
     meter: LoadMeter,
+    recorded: int | None = None,
 ) -> ThreadGovernor:
-    """train.threads on a CPU (charlm/threads.py); processes of one machine share its cores."""
+    """train.threads on a CPU (charlm/threads.py); processes of one machine share its cores.
+    `recorded`: the count a resumed checkpoint trained with, kept unless the user chose one."""
     m = config.model
     gates = CELLS[m.cell].gates
     macs = step_macs(gates, m.layers, m.hidden_size, m.embedding_dim, vocab_size, local_batch)
@@ -689,7 +697,10 @@ def _thread_governor(
     if dist.is_distributed and not requested:  # torchrun: a fixed share of the cores each
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         requested = max(1, torch.get_num_threads() // max(1, local))
-    return ThreadGovernor(requested, macs, set_threads, torch.get_num_threads(), meter)
+    return ThreadGovernor(
+        requested, macs, set_threads, torch.get_num_threads(), meter,
+        adapt=config.train.adapt_threads, recorded=recorded if device.type == "cpu" else None,
+    )  # fmt: skip
 
 
 def _policy_fields(saved: RunState) -> dict[str, Any]:

@@ -118,21 +118,56 @@ class FakeClock:
         return self.now
 
 
-def _governor(requested: int = 0, macs: int = 1 << 24, loads=(0.0,), environ=None):
+def _governor(
+    requested: int = 0, macs: int = 1 << 24, loads=(0.0,), environ=None, adapt=False, recorded=None
+):
     from charlm.threads import ThreadGovernor
 
     applied: list[int] = []
     clock = FakeClock()
     governor = ThreadGovernor(
         requested, macs, applied.append, 2, meter=FakeMeter(*loads), clock=clock,
-        environ={} if environ is None else environ,
+        environ={} if environ is None else environ, adapt=adapt, recorded=recorded,
     )  # fmt: skip
     clock.now += 1.0  # the first window has passed: start() does not wait
     return governor, applied, clock
 
 
-def test_idle_machine_trains_on_every_core_and_drops_to_one_when_busy() -> None:
-    governor, applied, clock = _governor(loads=(0.1, 1.0, 1.0, 0.05))
+def test_by_default_the_thread_count_is_fixed_for_the_run_whatever_the_load() -> None:
+    """A thread change alters the last bits: by default the load never changes the count, and
+    a busy machine gets one line saying what would help (once)."""
+    governor, applied, clock = _governor(loads=(1.5, 1.5))
+    assert governor.start() is None and applied == [2]
+    for _ in range(3):
+        clock.now += 2.0
+        assert governor.check() is None
+    assert applied == [2]
+    clock.now += 2.0
+    hint = governor.busy_hint()
+    assert hint is not None and "1.5 cores" in hint and "train.threads=1" in hint
+    clock.now += 2.0
+    assert governor.busy_hint() is None  # said once; FakeMeter would fail if asked again
+    assert governor.describe() == "2 threads (auto: every core, fixed for the run)"
+
+
+def test_an_idle_machine_gets_no_busy_hint() -> None:
+    governor, applied, clock = _governor(loads=(0.1,))
+    governor.start()
+    clock.now += 2.0
+    assert governor.busy_hint() is None and applied == [2]
+
+
+def test_a_resumed_run_keeps_its_recorded_count_unless_the_user_sets_one() -> None:
+    governor, applied, _ = _governor(recorded=1, loads=())
+    governor.start()
+    assert applied == [1] and "as the run recorded" in governor.describe()
+    governor, applied, _ = _governor(requested=2, recorded=1, loads=())
+    governor.start()
+    assert applied == [2] and "as set" in governor.describe()
+
+
+def test_adapt_threads_follows_the_load_on_an_idle_then_busy_machine() -> None:
+    governor, applied, clock = _governor(loads=(0.1, 1.0, 1.0, 0.05), adapt=True)
     assert governor.start() is None and applied == [2]
     assert governor.check() is None  # less than MIN_WINDOW_S since the last judgement
     clock.now += 2.0
@@ -145,11 +180,11 @@ def test_idle_machine_trains_on_every_core_and_drops_to_one_when_busy() -> None:
     assert "2 threads" in governor.describe()
 
 
-def test_a_busy_start_trains_on_one_thread() -> None:
-    governor, applied, _ = _governor(loads=(1.2,))
+def test_with_adapt_threads_a_busy_start_trains_on_one_thread() -> None:
+    governor, applied, _ = _governor(loads=(1.2,), adapt=True)
     change = governor.start()
     assert change is not None and change.threads == 1 and applied == [2, 1]
-    assert governor.describe().startswith("1 thread (auto")
+    assert governor.describe().startswith("1 thread (adapt_threads")
 
 
 def test_small_steps_train_on_one_thread_without_watching_the_load() -> None:
@@ -222,3 +257,47 @@ def test_tied_weights_start_small_under_the_pytorch_init() -> None:
     model = _model("pytorch", tie_weights=True, hidden_size=32)
     assert model.decoder.weight is model.embedding.weight
     assert model.embedding.weight.abs().max() <= 0.1
+
+
+def test_sample_and_evaluate_use_trainings_thread_rule_and_restore_the_callers(
+    tmp_path, monkeypatch
+) -> None:
+    """Sampling and scoring run on the count training's rule gives for their batch (fixed by the
+    model's size and the cores, never the load), then leave the caller's setting as it was."""
+    import charlm
+    import charlm.api
+    from charlm.threads import choose_threads
+
+    corpus = write_corpus(tmp_path)
+    assert train_tiny(corpus, "--out", tmp_path / "run", steps=5).exit_code == 0
+    lm = charlm.load(tmp_path / "run", device="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rule = choose_threads(0, 0, 2)  # the tiny model's step is far below SMALL_STEP_MACS
+        pieces = lm.stream("abc", length=5, seed=1)
+        next(pieces)
+        assert torch.get_num_threads() == rule
+        list(pieces)
+        assert torch.get_num_threads() == 2
+        seen = []
+        real = charlm.api.score_text
+        monkeypatch.setattr(
+            charlm.api,
+            "score_text",
+            lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k),
+        )
+        lm.score("abc abd xyz\n" * 5)
+        assert seen == [rule] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_thread_rule_splits_only_large_steps_and_keeps_a_chosen_count() -> None:
+    from charlm.threads import SMALL_STEP_MACS, _usable_cores, choose_threads
+
+    cores = min(2, _usable_cores())
+    assert choose_threads(0, SMALL_STEP_MACS - 1, 2, environ={}) == 1
+    assert choose_threads(0, SMALL_STEP_MACS, 2, environ={}) == cores
+    assert choose_threads(3, 0, 2, environ={}) == 3
+    assert choose_threads(0, 0, 2, environ={"OMP_NUM_THREADS": "2"}) == cores
