@@ -30,11 +30,14 @@ from typing import Any, TypeVar
 import torch
 from tokenizers import Tokenizer
 
+from charlm.cells import CELLS
 from charlm.config import RunConfig
+from charlm.device import cpu_threads
 from charlm.errors import CharlmError, UsageError, environment_error
 from charlm.evaluate import EvalResult, score_text
 from charlm.prepare import read_text
 from charlm.sample import SampleOptions, Sampler
+from charlm.threads import choose_threads, step_macs
 from charlm.tokenizer import decode
 from charlm.train import TrainResult
 from charlm.train import train as run_train
@@ -148,7 +151,19 @@ class LanguageModel:
 
     def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
         """(sample index, piece) for every sample of `options` (several at once: num_samples)."""
-        return self._sampler.pieces(options)
+        with self._threads(options.num_samples):
+            yield from self._sampler.pieces(options)
+
+    def _threads(self, batch: int) -> Any:
+        """Training's thread rule (charlm/threads.py) for `batch` streams of this model: fixed by
+        its size and the cores, never by the load, so a seeded sample or a score is the same
+        on a busy machine; the run's own train.threads, if it set one, wins."""
+        m = self.config.model
+        macs = step_macs(
+            CELLS[m.cell].gates, m.layers, m.hidden_size, m.embedding_dim, self.vocab_size, batch
+        )
+        count = choose_threads(self.config.train.threads, macs, torch.get_num_threads())
+        return cpu_threads(self.device, count)
 
     def check_memory(self, options: SampleOptions) -> None:
         """Refuse `options` whose samples cannot fit in the device's free memory."""
@@ -167,6 +182,12 @@ class LanguageModel:
         task's NAME.mask) scores only the targets it marks and adds the task metrics."""
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        with self._threads(batch_size or self.config.train.batch_size):
+            return self._score(text, batch_size, source, mask)
+
+    def _score(
+        self, text: str, batch_size: int | None, source: str, mask: Path | str | None
+    ) -> EvalResult:
         sampler = self._sampler
         return score_text(
             sampler.model,

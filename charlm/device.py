@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -55,6 +57,21 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return None
+
+
+@contextmanager
+def cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
+    """Run a block on `threads` CPU threads (sampling, evaluation), then put back the count the
+    caller had: a library call leaves the process's setting as it found it."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def set_threads(threads: int) -> None:
