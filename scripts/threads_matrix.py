@@ -2,7 +2,8 @@
 
 For each model, each variant trains in a fresh process (OpenMP reads its settings once, at
 start-up) and reports tokens/s after its first logging interval. Variants:
-  default         charlm's own choice (nothing set)
+  default         charlm's own choice (nothing set): fixed for the run, whatever the load
+  adapt           train.adapt_threads=true: one thread while other programs keep a core busy
   1 thread        train.threads=1
   2 PASSIVE       two threads that sleep as soon as they wait (OMP_WAIT_POLICY=PASSIVE)
   2 ACTIVE        two threads that spin while they wait (OMP_WAIT_POLICY=ACTIVE)
@@ -41,21 +42,23 @@ MODELS = {  # name: (text, overrides)
          "train.batch_size=50", "train.seq_len=50"],
     ),
 }  # fmt: skip
-VARIANTS = {  # label: (environment, train.threads or None for charlm's own choice)
-    "default": ({}, None),
-    "1 thread": ({}, 1),
-    "2 PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, 2),
-    "2 ACTIVE": ({"OMP_WAIT_POLICY": "ACTIVE"}, 2),
-    "2 spin=300k": ({"GOMP_SPINCOUNT": "300000"}, 2),
-    "2 spin=10k": ({"GOMP_SPINCOUNT": "10000"}, 2),
-    "2 spin=3M": ({"GOMP_SPINCOUNT": "3000000"}, 2),
-    "2 spin=30M": ({"GOMP_SPINCOUNT": "30000000"}, 2),
+VARIANTS = {  # label: (environment, settings; none for charlm's own choice)
+    "default": ({}, []),
+    "adapt": ({}, ["train.adapt_threads=true"]),
+    "1 thread": ({}, ["train.threads=1"]),
+    "2 PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["train.threads=2"]),
+    "2 ACTIVE": ({"OMP_WAIT_POLICY": "ACTIVE"}, ["train.threads=2"]),
+    "2 spin=300k": ({"GOMP_SPINCOUNT": "300000"}, ["train.threads=2"]),
+    "2 spin=30k": ({"GOMP_SPINCOUNT": "30000"}, ["train.threads=2"]),
+    "2 spin=10k": ({"GOMP_SPINCOUNT": "10000"}, ["train.threads=2"]),
+    "2 spin=3M": ({"GOMP_SPINCOUNT": "3000000"}, ["train.threads=2"]),
+    "2 spin=30M": ({"GOMP_SPINCOUNT": "30000000"}, ["train.threads=2"]),
 }
 _OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def measure(
-    data_dir: Path, overrides: list[str], env: dict, threads: int | None, steps: int
+    data_dir: Path, overrides: list[str], env: dict, settings: list[str], steps: int
 ) -> float:
     """tokens/s of charlm's training loop in a fresh process, after the first log interval."""
     log_every = max(2, steps // 6)
@@ -65,7 +68,7 @@ def measure(
         items = [
             *overrides, f"train.max_steps={total}", f"train.log_every={log_every}",
             f"train.eval_every={total}", "train.eval_batches=1", f"train.checkpoint_every={total}",
-            *([f"train.threads={threads}"] if threads is not None else []),
+            *settings,
         ]  # fmt: skip
         code = (
             "from pathlib import Path\nfrom charlm.train import train\n"
@@ -112,11 +115,11 @@ def main() -> None:
             for condition in ("idle", "loaded"):
                 for _ in range(args.rounds):
                     for label in args.variants.split(","):
-                        env, threads = VARIANTS[label]
+                        env, settings = VARIANTS[label]
                         busy = competitor() if condition == "loaded" else None
                         try:
                             steps = args.steps if busy is None else max(6, args.steps // 3)
-                            rate = measure(data_dir, overrides, env, threads, steps)
+                            rate = measure(data_dir, overrides, env, settings, steps)
                         finally:
                             if busy is not None:
                                 busy.kill()
