@@ -209,7 +209,7 @@ class TrainConfig:
     seed: int = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # CPU intra-op threads. 0: charlm's choice, fixed for the run from the model's size and the
-    # cores (every core, or one for small steps) and kept on resume (charlm/threads.py)
+    # cores (every core, or one for small steps) and kept on resume (charlm/system/threads.py)
     threads: int = 0
     # true: follow the machine's load (one thread while other programs keep a core busy).
     # Faster on a shared machine, but the last bits of the weights then depend on the load.

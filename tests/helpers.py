@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from charlm.cli import app
+from charlm.cli.app import app
 from charlm.config import ModelConfig
-from charlm.model import RNNLanguageModel
+from charlm.model.network import RNNLanguageModel
 
 # Small enough to train in about a second on a CPU, large enough to learn something.
 TINY = (
