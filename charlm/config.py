@@ -18,7 +18,8 @@ from charlm.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    level: Literal["char", "word", "bpe"] = "char"  # tokenisation level
+    # Tokenisation level: one entry each in data/tokenizer.py LEVELS (tests/test_registries.py).
+    level: Literal["char", "word", "bpe"] = "char"
     vocab_size: int = 8000  # word/bpe: entries kept, counting the special tokens; char ignores it
     # (word: 0 keeps every word of the training text)
     val_fraction: float = 0.05  # last fraction of the text held out for validation
@@ -27,7 +28,8 @@ class DataConfig:
     # ignore it. (Until this release train read `body` unasked while prepare refused.)
     csv_column: str | None = None
     # sentence: the tutorial's padded sentences; lines (char level): one example per line, each
-    # from a zero state, padded and masked like sentences (synthetic tasks, README)
+    # from a zero state, padded and masked like sentences (synthetic tasks, README); each one of
+    # data/batching.py BATCHINGS, built in make_batcher
     batching: Literal["stream", "sentence", "lines"] = "stream"
     # Word level; the defaults are the WildML tutorial's, false/lines/whitespace pytorch/examples'
     # word_language_model (WikiText-2 perplexities comparable with published ones).
@@ -71,7 +73,7 @@ class ModelConfig:
     # rnn: a plain RNN (tanh, or relu: model.nonlinearity), for comparison; lstm-peephole: gates
     # also read the cell state (Gers & Schmidhuber 2000); gru-tutorial: the WildML tutorial's Theano GRU exactly (hard sigmoid
     # gates, reset before the recurrent matrix). The last two have no fused kernel (unrolled,
-    # slower: docs/benchmarks.md). The cells themselves live in cells.py.
+    # slower: docs/benchmarks.md). The cells themselves live in model/cells.py CELLS.
     cell: Literal["gru", "lstm", "rnn", "lstm-peephole", "gru-tutorial"] = "gru"
     # How the weights start (docs/benchmarks.md, "Initialisation"). pytorch: each module's own
     # PyTorch default (embedding N(0, 1); decoder, its bias and the recurrent layers
@@ -143,6 +145,7 @@ class OptimConfig:
     # asgd: AWD-LSTM's NT-ASGD: plain SGD, then the running mean of the weights (used for
     # evaluation and sampling) once validation has not improved for `nonmono` evaluations.
     # sgd: plain (or momentum / Nesterov) SGD, pytorch/examples' and Zaremba et al.'s recipes.
+    # Each one an entry of training/optimizers.py OPTIMIZERS (tests/test_registries.py).
     name: Literal["rmsprop", "adam", "adamw", "asgd", "sgd"] = "rmsprop"
     lr: float = 1e-3
     momentum: float = 0.0  # name=sgd: heavy-ball momentum (0 = plain SGD)

@@ -253,3 +253,45 @@ def to_tensors(
         inputs, targets = inputs.pin_memory(), targets.pin_memory()
         return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     return inputs.to(device), targets.to(device)
+
+
+Batcher = StreamBatcher | SentenceBatcher | LineBatcher
+BATCHINGS = ("stream", "sentence", "lines")  # data.batching's choices (config.py)
+
+
+def make_batcher(
+    batching: str,
+    ids: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    special_ids: dict[str, int | None],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    mask: np.ndarray | None = None,
+    seed: int | tuple[int, ...] | None = None,
+) -> Batcher:
+    """The one place `data.batching` becomes a batcher, for training and evaluation alike.
+
+    `seed` None: the examples in order, unshuffled (evaluation); else shuffled by that seed
+    (training). `special_ids`: "start" and "end" for sentences, "newline" for lines.
+    """
+    shuffle = seed is not None
+    seed = 0 if seed is None else seed
+    if batching == "lines":
+        newline = special_ids["newline"]
+        assert newline is not None
+        return LineBatcher(
+            ids, newline, batch_size, seed=seed, rank=rank, world_size=world_size,
+            shuffle=shuffle, mask=mask,
+        )  # fmt: skip
+    if batching == "sentence":
+        start, end = special_ids["start"], special_ids["end"]
+        assert start is not None and end is not None
+        return SentenceBatcher(
+            ids, start, end, batch_size, seed=seed, rank=rank, world_size=world_size,
+            shuffle=shuffle,
+        )  # fmt: skip
+    if batching != "stream":
+        raise ValueError(f"data.batching: unknown batching '{batching}'")
+    return StreamBatcher(ids, batch_size, seq_len, rank, world_size, mask=mask)

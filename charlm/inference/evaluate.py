@@ -16,10 +16,9 @@ from torch.nn import functional as F
 from charlm.config import RunConfig
 from charlm.data.batching import (
     IGNORE_INDEX,
+    Batcher,
     Cursor,
-    LineBatcher,
-    SentenceBatcher,
-    StreamBatcher,
+    make_batcher,
     to_tensors,
 )
 from charlm.data.prepare import read_text
@@ -68,28 +67,16 @@ def _eval_batcher(
     rank: int,
     world_size: int,
     mask: np.ndarray | None,
-) -> StreamBatcher | SentenceBatcher | LineBatcher:
-    """The batches of `ids` in their training order, unshuffled: lines, sentences or streams."""
-    if batching == "lines":
-        assert special_ids is not None
-        return LineBatcher(
-            ids, special_ids["newline"], batch_size, rank=rank, world_size=world_size,
-            shuffle=False, mask=mask,
-        )  # fmt: skip
-    if batching == "sentence":
-        assert special_ids is not None
-        return SentenceBatcher(
-            ids,
-            special_ids["start"],
-            special_ids["end"],
-            batch_size,
-            rank=rank,
-            world_size=world_size,
-            shuffle=False,
-        )
-    streams = max(1, min(batch_size * world_size, len(ids) - 1))
-    per_rank = streams // world_size or 1
-    return StreamBatcher(ids, per_rank, seq_len, rank, world_size, mask=mask)
+) -> Batcher:
+    """The batches of `ids` in their training order, unshuffled: lines, sentences or streams
+    (as many streams as the text can fill, for a short text)."""
+    if batching == "stream":
+        streams = max(1, min(batch_size * world_size, len(ids) - 1))
+        batch_size = streams // world_size or 1
+    return make_batcher(
+        batching, ids, batch_size, seq_len, special_ids or {}, rank=rank,
+        world_size=world_size, mask=mask,
+    )  # fmt: skip
 
 
 @torch.inference_mode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -11,21 +12,47 @@ from charlm.errors import ConfigError
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter], OptimConfig], torch.optim.Optimizer]
 
-OPTIMIZERS: dict[str, OptimizerFactory] = {
-    "rmsprop": lambda params, o: torch.optim.RMSprop(
-        params, lr=o.lr, alpha=o.alpha, eps=o.eps, weight_decay=o.weight_decay
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One entry of the registry: how the optimiser is built from `optim.*`, and how many
+    weight-sized buffers its state holds (for the memory estimate checked before a run)."""
+
+    build: OptimizerFactory
+    state_copies: int
+
+
+# Adding an optimiser: an entry here and its name in `OptimConfig.name` (config.py);
+# tests/test_registries.py fails if the two lists differ.
+OPTIMIZERS: dict[str, Optimizer] = {
+    "rmsprop": Optimizer(
+        lambda params, o: torch.optim.RMSprop(
+            params, lr=o.lr, alpha=o.alpha, eps=o.eps, weight_decay=o.weight_decay
+        ),
+        state_copies=1,  # the squared-gradient average
     ),
-    "adam": lambda params, o: torch.optim.Adam(
-        params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay
+    "adam": Optimizer(
+        lambda params, o: torch.optim.Adam(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay),
+        state_copies=2,  # first and second moments
     ),
-    "adamw": lambda params, o: torch.optim.AdamW(
-        params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay
+    "adamw": Optimizer(
+        lambda params, o: torch.optim.AdamW(
+            params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay
+        ),
+        state_copies=2,
     ),
-    # NT-ASGD: plain SGD; the averaging is WeightAverager's, once ValidationPolicy triggers it.
-    "asgd": lambda params, o: torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay),
+    # NT-ASGD: plain SGD; the averaging is WeightAverager's (training/ntasgd.py), once
+    # ValidationPolicy triggers it. Its one copy is the running mean.
+    "asgd": Optimizer(
+        lambda params, o: torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay),
+        state_copies=1,
+    ),
     # pytorch/examples' and Zaremba et al.'s recipes: plain, momentum or Nesterov SGD.
-    "sgd": lambda params, o: torch.optim.SGD(
-        params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+    "sgd": Optimizer(
+        lambda params, o: torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        ),
+        state_copies=1,  # the momentum buffer
     ),
 }
 
@@ -33,12 +60,17 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     """The optimiser `optim.name` names over the model's parameters; an unknown name is refused
     (it used to train AdamW without a word)."""
-    factory = OPTIMIZERS.get(optim.name)
-    if factory is None:
+    return optimizer_entry(optim.name).build(list(model.parameters()), optim)
+
+
+def optimizer_entry(name: str) -> Optimizer:
+    """The registry's entry for `name`, or the one-line refusal naming the choices."""
+    entry = OPTIMIZERS.get(name)
+    if entry is None:
         raise ConfigError(
-            f"optim.name: unknown optimiser '{optim.name}'; use one of {', '.join(OPTIMIZERS)}"
+            f"optim.name: unknown optimiser '{name}'; use one of {', '.join(OPTIMIZERS)}"
         )
-    return factory(list(model.parameters()), optim)
+    return entry
 
 
 def patch_resumed_optimizer(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> None:

@@ -13,10 +13,9 @@ from charlm.errors import CheckpointError, DataError, UsageError, human_bytes
 from charlm.model.cells import CELLS
 from charlm.rundir.checkpoint import resolve_checkpoint
 from charlm.system.device import available_memory, resolve_device
+from charlm.training.optimizers import optimizer_entry
 
 CHAR_VOCAB_GUESS = 256  # a char vocabulary's size is known only once prepared; most are below
-# Weight-sized optimizer buffers (asgd: the running mean; sgd: the momentum); others count 2.
-_OPTIMIZER_COPIES = {"rmsprop": 1, "adam": 2, "adamw": 2, "asgd": 1, "sgd": 1}
 
 
 @dataclass
@@ -126,7 +125,7 @@ def memory_estimate(config: RunConfig, vocab: int) -> tuple[int, int]:
     the logits with their softmax and gradient)."""
     m, t = config.model, config.train
     params = parameter_estimate(config, vocab)
-    state_bytes = 4 * params * (2 + _OPTIMIZER_COPIES.get(config.optim.name, 2))
+    state_bytes = 4 * params * (2 + optimizer_entry(config.optim.name).state_copies)
     per_token = m.layers * (CELLS[m.cell].gates + 2) * m.hidden_size + m.embedding_dim + 3 * vocab
     return params, state_bytes + 4 * t.batch_size * t.seq_len * per_token
 

@@ -24,7 +24,13 @@ import torch
 from tokenizers import Tokenizer
 
 from charlm.config import RunConfig, build_config, config_to_dict, config_to_yaml
-from charlm.data.batching import Cursor, LineBatcher, SentenceBatcher, StreamBatcher
+from charlm.data.batching import (
+    Batcher,
+    Cursor,
+    SentenceBatcher,
+    StreamBatcher,
+    make_batcher,
+)
 from charlm.data.prepare import PreparedData, PrepareSettings, load_prepared, prepare
 from charlm.errors import CheckpointError, TrainingStopped, UsageError
 from charlm.inference.evaluate import EvalResult, evaluate_ids, make_result
@@ -783,33 +789,25 @@ def _newline_id(data: PreparedData) -> int | None:
 
 def _make_batcher(
     config: RunConfig, data: PreparedData, dist: DistContext, tasks: TaskRun
-) -> StreamBatcher | SentenceBatcher | LineBatcher:
+) -> Batcher:
+    """Training's batcher (data/batching.py's one choice): the curriculum stage's span of the
+    ids, shuffled by the run's seed (lines: and by the stage)."""
     t = config.train
     span = tasks.train_span(data.train_mask, data.train_ids)  # the curriculum's stage
     ids = data.train_ids[span]
     mask = None if data.train_mask is None else data.train_mask[span]
+    special = {**data.meta.get("special_ids", {}), "newline": _newline_id(data)}
+    seed: int | tuple[int, ...] = t.seed
     if config.data.batching == "lines":
-        newline = _newline_id(data)
-        if newline is None:
+        if special["newline"] is None:
             raise UsageError("data.batching=lines: the training text has no line break")
         seed = (t.seed, tasks.stage)  # each stage its own shuffle
-        batch = t.batch_size * t.grad_accum
-        return LineBatcher(
-            ids, newline, batch, seed=seed, rank=dist.rank, world_size=dist.world_size, mask=mask
-        )
-    if config.data.batching == "sentence":
-        special = data.meta["special_ids"]
-        return SentenceBatcher(
-            data.train_ids,
-            special["start"],
-            special["end"],
-            t.batch_size * t.grad_accum,
-            seed=t.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-    batch = t.batch_size * t.grad_accum
-    return StreamBatcher(ids, batch, t.seq_len, dist.rank, dist.world_size, mask=mask)
+    elif config.data.batching == "sentence":
+        ids, mask = data.train_ids, None
+    return make_batcher(
+        config.data.batching, ids, t.batch_size * t.grad_accum, t.seq_len, special,
+        rank=dist.rank, world_size=dist.world_size, mask=mask, seed=seed,
+    )  # fmt: skip
 
 
 def _evaluate_split(
