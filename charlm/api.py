@@ -39,8 +39,8 @@ from charlm.inference.sample import SampleOptions, Sampler
 from charlm.model.cells import CELLS
 from charlm.system.device import cpu_threads
 from charlm.system.threads import choose_threads, step_macs
+from charlm.training.run import train as run_train
 from charlm.training.trainer import TrainResult
-from charlm.training.trainer import train as run_train
 
 __all__ = ["EvalResult", "LanguageModel", "TrainResult", "load", "train"]
 

@@ -138,7 +138,7 @@ def measure_prepare(spec: Spec, data_dir: Path) -> dict[str, float]:
 def charlm_train(
     spec: Spec, data_dir: Path, run_dir: Path, threads: int, compile_: bool = False
 ) -> tuple[float, float]:
-    """tokens/s of `charlm.training.trainer.train` after its first logging interval (which holds the
+    """tokens/s of `charlm.training.run.train` after its first logging interval (which holds the
     warm-up, and with `compile_` the compilation), and its peak RSS."""
     total = spec.steps + spec.log_every
     overrides = {
@@ -160,7 +160,7 @@ def charlm_train(
     items = [f"{key}={value}" for key, value in overrides.items()]
     code = (
         "import time; from pathlib import Path\n"
-        "from charlm.training.trainer import train\n"
+        "from charlm.training.run import train\n"
         "t = time.perf_counter()\n"
         f"train(Path({str(run_dir)!r}), data_dir=Path({str(data_dir)!r}), overrides={items!r}, "
         "force=True, show_progress=False)\n"

@@ -25,7 +25,7 @@ import torch
 from charlm.config import ModelConfig
 from charlm.model.network import LeanStepper, RNNLanguageModel
 from charlm.rundir.records import read_metrics
-from charlm.training.trainer import train
+from charlm.training.run import train
 
 TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
 CELLS = ("gru", "lstm", "lstm-peephole", "gru-tutorial")

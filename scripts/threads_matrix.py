@@ -71,7 +71,7 @@ def measure(
             *settings,
         ]  # fmt: skip
         code = (
-            "from pathlib import Path\nfrom charlm.training.trainer import train\n"
+            "from pathlib import Path\nfrom charlm.training.run import train\n"
             f"train(Path({str(run)!r}), data_dir=Path({str(data_dir)!r}), overrides={items!r}, "
             "show_progress=False)\n"
         )

@@ -82,7 +82,7 @@ def test_leaky_units_follow_the_formula_and_change_the_dynamics():
 
 
 def test_clip_by_value_bounds_every_update(tmp_path: Path):
-    from charlm.training.trainer import train
+    from charlm.training.run import train
 
     text = tmp_path / "t.txt"
     text.write_text("abcabd abd cab\n" * 50, encoding="utf-8")

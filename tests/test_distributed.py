@@ -20,8 +20,8 @@ from charlm.data.batching import Cursor, StreamBatcher
 from charlm.errors import UsageError
 from charlm.rundir.checkpoint import load_checkpoint
 from charlm.system.distributed import setup_distributed
+from charlm.training.run import train
 from charlm.training.step import micro_batches
-from charlm.training.trainer import train
 from tests.conftest import make_english
 from tests.helpers import pattern_text
 
@@ -45,7 +45,7 @@ LAUNCH_TIMEOUT_S = 240  # a hung collective fails the test instead of hanging th
 WORKER = """
 import json, os, shutil, sys
 from pathlib import Path
-from charlm.training.trainer import train
+from charlm.training.run import train
 
 calls = json.loads(sys.argv[1])
 for call in calls:

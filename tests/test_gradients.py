@@ -129,7 +129,7 @@ def test_cli_fresh_model_json_and_plot(text_file: Path, tmp_path: Path):
 
 
 def test_cli_trained_runs_are_overlaid(text_file: Path, tmp_path: Path):
-    from charlm.training.trainer import train
+    from charlm.training.run import train
 
     runs = []
     for cell in ("rnn", "lstm"):

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import charlm.system.console as metrics
 from charlm.rundir.records import read_metrics
 from charlm.training.display import TrainingDisplay
-from charlm.training.trainer import train
+from charlm.training.run import train
 from tests.helpers import TINY, cli, readme_blocks, write_corpus
 
 STATUS = "loss 1.234  12,345 tok/s  |g| 0.52  clipped 3%"

@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    from charlm.training.trainer import train
+    from charlm.training.run import train
 
     root = tmp_path_factory.mktemp("runs")
     text = root / "text.txt"

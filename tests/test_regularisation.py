@@ -22,8 +22,8 @@ from charlm.model.regularise import activation_penalty, embedding_dropout, locke
 from charlm.rundir.checkpoint import load_checkpoint
 from charlm.rundir.records import read_metrics
 from charlm.training.ntasgd import WeightAverager, should_start_averaging
+from charlm.training.run import train
 from charlm.training.schedules import bptt_length, learning_rate
-from charlm.training.trainer import train
 
 REGULARISED = (
     "model.embedding_dropout=0.1",

@@ -19,7 +19,7 @@ from charlm.rundir.records import read_metrics
 from charlm.tasks.curriculum import TaskRun
 from charlm.tasks.masks import groups, loss_mask, mask_path, read_mask, write_mask
 from charlm.tasks.synth import write_task
-from charlm.training.trainer import train
+from charlm.training.run import train
 
 
 def overrides(*extra: str) -> list[str]:

@@ -15,7 +15,7 @@ from charlm.errors import TrainingStopped, UsageError
 from charlm.inference.sample import SampleOptions, Sampler
 from charlm.rundir.checkpoint import step_dirs
 from charlm.rundir.records import read_metrics
-from charlm.training.trainer import train
+from charlm.training.run import train
 
 
 def overrides(*extra: str) -> list[str]:

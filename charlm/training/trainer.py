@@ -1,9 +1,9 @@
-"""The training run: open the run directory, set up data, model and optimiser, loop, save.
+"""The Trainer: one run set up in named parts (data, model, restore, step), then the loop.
 
-`train()` opens the run (resume, --force or refuse) and hands it to a `Trainer`, whose setup is
-in named parts (`_setup_data`, `_setup_model`, `_restore`, `_setup_step`) and whose loop calls
-`TrainStep` (train_step.py) once per step, then `_log`, `_validate` and `_save` as the settings
-say. Exact resume lives in resume.py, the schedules and validation policy in schedules.py.
+Its setup is `_setup_data`, `_setup_model`, `_restore`, `_setup_step`; the loop calls
+`TrainStep` (step.py) once per step, then `_log`, `_validate`, `_sample` and `_save` as the
+settings say. `train()` (run.py) opens the run and hands it here. Exact resume lives in
+resume.py, the schedules in schedules.py, validation's decisions in validation.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from charlm.config import RunConfig, build_config, config_to_dict, config_to_yaml
+from charlm.config import RunConfig, config_to_yaml
 from charlm.data.batching import (
     Batcher,
     Cursor,
@@ -31,8 +29,8 @@ from charlm.data.batching import (
     StreamBatcher,
     make_batcher,
 )
-from charlm.data.prepare import PreparedData, PrepareSettings, load_prepared, prepare
-from charlm.errors import CheckpointError, TrainingStopped, UsageError
+from charlm.data.prepare import PreparedData, load_prepared, prepare
+from charlm.errors import TrainingStopped, UsageError
 from charlm.inference.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.model.cells import CELLS, State
 from charlm.model.network import RNNLanguageModel, count_parameters
@@ -40,37 +38,26 @@ from charlm.rundir.checkpoint import (
     LoadedCheckpoint,
     RunState,
     TrainingState,
-    has_checkpoint,
-    is_run_dir,
-    load_checkpoint,
     save_checkpoint,
 )
-from charlm.rundir.lock import RunLock
 from charlm.rundir.names import CHECKPOINTS, CONFIG, METRICS, TENSORBOARD, TOKENIZER
 from charlm.rundir.records import MetricsLog, train_record, val_record
 from charlm.system.console import print_line
 from charlm.system.device import resolve_device, set_threads
-from charlm.system.distributed import DistContext, setup_distributed
+from charlm.system.distributed import DistContext
 from charlm.system.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.tasks.curriculum import TaskRun
-from charlm.tasks.masks import check_task_settings
 from charlm.training.display import Throughput, TrainingDisplay
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.training.ntasgd import WeightAverager
 from charlm.training.optimizers import build_optimizer, patch_resumed_optimizer
 from charlm.training.preflight import (
     DataPlan,
-    check_memory,
-    check_out_dir,
-    check_still_latest,
-    plan_data,
-    vocab_estimate,
 )
 from charlm.training.resume import (
     check_global_batch,
     gather_state,
     rank_rng,
-    refuse_unsafe_changes,
     restore_averaging,
     restore_rank_rng,
     rng_restore,
@@ -81,10 +68,10 @@ from charlm.training.resume import (
 )
 from charlm.training.sample_at_eval import draw_sample
 from charlm.training.schedules import bptt_length, learning_rate, variable_bptt_steps
-from charlm.training.step import GuardContext, StepTally, TrainStep, make_guard, with_precision
-from charlm.training.tensorboard_log import TensorBoardLog, check_tensorboard
+from charlm.training.step import GuardContext, StepTally, TrainStep, make_guard
+from charlm.training.tensorboard_log import TensorBoardLog
 from charlm.training.validation import ValidationPolicy
-from charlm.training.warmstart import WarmStart, describe, open_warm_start
+from charlm.training.warmstart import WarmStart, describe
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -95,128 +82,6 @@ class TrainResult:
     steps: int
     best_val_loss: float | None
     final: EvalResult | None
-
-
-def train(
-    run_dir: Path,
-    *,
-    text: Path | None = None,
-    data_dir: Path | None = None,
-    val_file: Path | None = None,
-    config_file: Path | None = None,
-    overrides: tuple[str, ...] | list[str] = (),
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-    errors: str = "strict",
-    init_from: Path | None = None,
-    init_keep: Iterable[str] = (),
-) -> TrainResult:
-    """Train a model into `run_dir`, or continue the run there with `resume`.
-
-    Data comes from `data_dir` (made by `charlm prepare`), else `text` is prepared into
-    RUN_DIR/data (cached; `errors="replace"` accepts invalid UTF-8), else the built-in corpus is.
-    `init_from` starts from another run's weights and vocabulary (warmstart.py).
-    """
-    run_dir = Path(run_dir)
-    warm = None
-    if init_from is not None:
-        warm = open_warm_start(init_from, init_keep, run_dir, resume=resume, data_dir=data_dir)
-    config, loaded = _open_run(run_dir, data_dir, config_file, overrides, resume, force, warm)
-    # Every refusal is decided here, before the run directory is touched (README, "Resuming
-    # and recovering"): the data is found and checked, not yet prepared.
-    check_memory(config, vocab_estimate(config, loaded or (warm and warm.source), data_dir))
-    check_tensorboard(config.train.tensorboard)
-    settings = PrepareSettings.from_config(config.data, val_file, errors)
-    plan = plan_data(
-        run_dir,
-        config,
-        loaded,
-        text,
-        data_dir,
-        settings,
-        show_progress and is_main_process(),
-        vocabulary=warm.tokenizer_json if warm else None,
-    )
-    _check_task(config, plan, text)
-    dist = setup_distributed(config.train.device, config.train.dist_timeout_s)
-    try:
-        if loaded is not None:
-            check_global_batch(loaded, config, dist.world_size, run_dir)
-        device = resolve_device(config.train.device, dist.local_rank)
-        with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
-        with _run_lock(run_dir, dist, loaded):
-            result = Trainer(run_dir, config, dist, loaded, plan, force, show_progress, warm).run()
-    except RuntimeError as exc:
-        if dist.is_peer_failure(exc):  # a collective failed: another rank died or hung
-            # No orderly teardown of a broken group: it can block on the dead peer.
-            raise dist.peer_failure(exc) from None
-        dist.close()
-        raise
-    except BaseException:
-        dist.close()
-        raise
-    dist.close()
-    return result
-
-
-def _open_run(
-    run_dir: Path,
-    data_dir: Path | None,
-    config_file: Path | None,
-    overrides: tuple[str, ...] | list[str],
-    resume: bool,
-    force: bool,
-    warm: WarmStart | None = None,
-) -> tuple[RunConfig, LoadedCheckpoint | None]:
-    """The run's settings and, with `resume`, its latest checkpoint; refuses what cannot be."""
-    if resume and force:
-        raise UsageError("--resume and --force contradict each other; pass one")
-    check_out_dir(run_dir)
-    if resume:
-        if not has_checkpoint(run_dir):
-            raise CheckpointError(
-                f"{run_dir}: no checkpoint to resume from; start the run without --resume"
-                + (" (add --force to replace what is there)" if is_run_dir(run_dir) else "")
-            )
-        loaded = load_checkpoint(run_dir, "latest")
-        config = build_config(
-            base=config_to_dict(loaded.config), config_file=config_file, overrides=overrides
-        )
-        refuse_unsafe_changes(loaded.config, config, run_dir)
-        loaded.preload_optimizer_state()  # a damaged or unsafe file is refused now
-        return config, loaded
-    if data_dir is not None and warm is None:
-        # Prepared data says what it is: its level overrides the config file's (an explicit
-        # --set data.level still wins, and must then agree).
-        overrides = [*_prepared_settings(Path(data_dir)), *overrides]
-    if warm is not None:  # the source's settings; its shape and vocabulary cannot change
-        config = warm.config(config_file, overrides)
-    else:
-        config = build_config(config_file=config_file, overrides=overrides)
-    if is_run_dir(run_dir) and not force:
-        raise UsageError(
-            f"{run_dir} already holds a run; pass --resume to continue it, "
-            "--force to start over (its checkpoints are deleted), or another --out"
-        )
-    return config, None
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun job, or a process alone (before the process group exists)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-@contextmanager
-def _run_lock(run_dir: Path, dist: DistContext, loaded: LoadedCheckpoint | None) -> Iterator[None]:
-    """The main process holds the run's lock (runlock.py) for the whole of training."""
-    if not dist.is_main:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        check_still_latest(run_dir, loaded)
-        yield
 
 
 def total_steps(config: RunConfig, batcher: StreamBatcher | SentenceBatcher) -> int:
@@ -741,18 +606,6 @@ def _clear_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def _prepared_settings(data_dir: Path) -> list[str]:
-    """The data.* settings a prepared folder was made with, as overrides (absent: defaults)."""
-    meta = load_prepared(data_dir).meta
-    settings = meta.get("settings", {})
-    keys = ("lowercase", "segments", "word_split") if meta["level"] == "word" else ()
-    # The vocabulary the data holds (not the data.vocab_size default) goes into config.yaml.
-    vocab = [f"data.vocab_size={meta['vocab_size']}"] if meta["level"] != "char" else []
-    return [f"data.level={meta['level']}", *vocab] + [
-        f"data.{key}={settings[key]}" for key in keys if key in settings
-    ]
-
-
 def _load_data(
     dist: DistContext, loaded: LoadedCheckpoint | None, plan: DataPlan, show: bool
 ) -> PreparedData:
@@ -770,17 +623,6 @@ def _load_data(
             "original text or --data folder"
         )
     return data
-
-
-def _check_task(config: RunConfig, plan: DataPlan, text: Path | None) -> None:
-    """best_by and the curriculum need what the data's mask provides: refused before writing."""
-    if plan.prepare is not None:
-        masks = plan.prepare.inputs.masks
-        info, source = (masks.info if masks else None), str(text or "the built-in corpus")
-    else:
-        info, source = load_prepared(plan.data_dir).meta.get("task"), str(plan.data_dir)
-    t = config.train
-    check_task_settings(t.best_by, t.curriculum_metric, info, source)
 
 
 def _newline_id(data: PreparedData) -> int | None:
