@@ -245,7 +245,7 @@ class TrainConfig:
     curriculum_threshold: float = 0.95
     # At each evaluation, print and log (metrics.jsonl kind "sample") sample_length tokens drawn
     # at sample_temperature from a generator of its own: the weights trained are the same with
-    # it off (evalsample.py). On by default: 200 characters took ~50 ms for the default 2x128
+    # it off (training/sample_at_eval.py). On by default: 200 characters took ~50 ms for the default 2x128
     # GRU here, 0.22 s for 2x512 (scripts/eval_sample_cost.py; README, "Watching a run").
     sample_every_eval: bool = True
     sample_length: int = 200
@@ -356,7 +356,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.compile",
         "train.step_guard",
         # batch_size and grad_accum may change together with the number of processes as long
-        # as the global batch stays the same (train.py checks; the stream layout is then equal).
+        # as the global batch stays the same (training/resume.py checks; the stream layout is then equal).
         "train.batch_size",
         "train.grad_accum",
         "train.dist_timeout_s",

@@ -1,4 +1,4 @@
-"""PNG figures: training curves from runs' metrics.jsonl (the cells' insides: cellplots.py)."""
+"""PNG figures: training curves from runs' metrics.jsonl (the cells' insides: figures.py)."""
 
 from __future__ import annotations
 

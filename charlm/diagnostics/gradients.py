@@ -6,7 +6,7 @@ the picture behind vanishing (plain RNN: shrinks geometrically) and exploding gr
 behind the gates (the LSTM cell's additive path and the GRU's interpolation keep it up).
 
 The fused `nn.GRU`/`nn.LSTM` kernels hide the per-step states, so the model is unrolled one step
-at a time with its cell's reference step on its own weights (cells.py; tested in test_model).
+at a time with its cell's reference step on its own weights (model/cells.py; tested in test_model).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class EvalResult:
     bits_per_char: float  # total information over the characters of the source text
     tokens: int  # tokens predicted (with a mask: the scored targets)
     chars: int  # characters of the source text the tokens stand for
-    task: dict | None = None  # with a mask: scored_tokens and the task metrics (curriculum.py)
+    task: dict | None = None  # with a mask: scored_tokens and task metrics (tasks/curriculum.py)
 
     def as_dict(self) -> dict[str, Any]:
         result = asdict(self)

@@ -41,7 +41,7 @@ OPENMP_POLICY = "OpenMP as set at start-up"  # replaced by charlm/__init__ with 
 
 def step_macs(gates: int, layers: int, hidden: int, embedding: int, vocab: int, batch: int) -> int:
     """Multiply-adds of one time step of the whole batch: the recurrent layers and the decoder.
-    `gates`: the cell's weight rows per hidden unit (cells.py)."""
+    `gates`: the cell's weight rows per hidden unit (model/cells.py)."""
     recurrent = gates * hidden * (embedding + hidden) + (layers - 1) * gates * hidden * 2 * hidden
     return batch * (recurrent + hidden * vocab)
 

@@ -7,7 +7,7 @@ groups (validated, never trained on) and the target group (the last stage). At e
 (mean nats at the group's task positions) and the recall accuracy (the share of them the model
 ranks first). `TaskRun.observe` then says whether this is the best checkpoint by
 `train.best_by`, and advances the curriculum when the current stage's `train.curriculum_metric`
-passes `train.curriculum_threshold`. Both states are saved in RunState (checkpoint.py).
+passes `train.curriculum_threshold`. Both states are saved in RunState (rundir/checkpoint.py).
 """
 
 from __future__ import annotations

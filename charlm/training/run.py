@@ -151,7 +151,7 @@ def is_main_process() -> bool:
 
 @contextmanager
 def _run_lock(run_dir: Path, dist: DistContext, loaded: LoadedCheckpoint | None) -> Iterator[None]:
-    """The main process holds the run's lock (runlock.py) for the whole of training."""
+    """The main process holds the run's lock (rundir/lock.py) for the whole of training."""
     if not dist.is_main:
         yield
         return

@@ -442,7 +442,7 @@ class Trainer:
 
     def _score_validation(self) -> tuple[float, int, dict[str, Any]]:
         """The split's summed loss and scored targets (masked: the scored ones only), and the
-        task metrics per mask group (curriculum.py; {} without a mask)."""
+        task metrics per mask group (tasks/curriculum.py; {} without a mask)."""
         special = {**self.data.meta.get("special_ids", {}), "newline": _newline_id(self.data)}
 
         def evaluate(ids: np.ndarray, **options: Any) -> tuple[float, int]:
@@ -463,7 +463,7 @@ class Trainer:
         return extra
 
     def _sample(self) -> None:
-        """A short sample of the weights just scored (evalsample.py: training's generators are
+        """A short sample of the weights just scored (sample_at_eval.py: training's generators are
         not touched), printed and logged."""
         t = self.config.train
         with self.averager.applied():
