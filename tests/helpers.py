@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from charlm.cli.app import app
+from charlm.cli import app
 from charlm.config import ModelConfig
 from charlm.model.network import RNNLanguageModel
 

@@ -242,7 +242,7 @@ def test_prime_file_gives_the_same_sample_as_the_same_prime(folder: Path, tmp_pa
     assert by_file.stdout.startswith(prime)
     from typer.testing import CliRunner
 
-    from charlm.cli.app import app
+    from charlm.cli import app
 
     piped = CliRunner().invoke(app, ["sample", str(run), "--prime-file", "-", *common], input=prime)
     assert piped.exit_code == 0 and piped.stdout == by_file.stdout

@@ -21,7 +21,7 @@ import torch
 import typer
 from helpers import TINY, cli, pattern_text, train_tiny, wait_for, write_corpus
 
-from charlm.cli.app import app
+from charlm.cli import app
 from charlm.config import all_keys
 from charlm.rundir.checkpoint import load_checkpoint, resolve_checkpoint
 from charlm.rundir.records import read_metrics
