@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from charlm.errors import DataError, UsageError
 from charlm.system.console import progress_bar
+from charlm.system.files import atomic_write_bytes, replace_durably
 
 # Standard library modules with plenty of prose in their docstrings, sorted; no GUI, no
 # novelties (antigravity, this). Their source is parsed, never imported. A module missing from
@@ -162,7 +162,8 @@ def builtin_corpus_text() -> str:
         pass
     text = _collect_builtin_text()
     try:
-        _atomic_write_bytes(path, text.encode("utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, text.encode("utf-8"))
     except OSError:
         pass
     return text
@@ -241,17 +242,6 @@ DATASETS: dict[str, Dataset] = {
 
 _RECORDED_HASHES = "sha256.json"  # beside the files: hashes recorded on first download (TOFU)
 _TIMEOUT_S = 30
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-        temp = Path(f.name)
-    try:
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _file_sha256(path: Path) -> str:
@@ -347,7 +337,7 @@ def download(
                     f"{remote.filename}: sha256 mismatch (expected {expected}, got {actual}) "
                     f"from {url}; the download is corrupt or the file changed, so it was deleted"
                 )
-            os.replace(temp, path)
+            replace_durably(temp, path)
         finally:
             temp.unlink(missing_ok=True)
         if expected is None:
@@ -364,4 +354,4 @@ def download(
 
 def _write_recorded(dest: Path, recorded: dict[str, str]) -> None:
     text = json.dumps(recorded, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(dest / _RECORDED_HASHES, text.encode("utf-8"))
+    atomic_write_bytes(dest / _RECORDED_HASHES, text.encode("utf-8"))

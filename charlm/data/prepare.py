@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from charlm.data.tokenizer import (
 )
 from charlm.errors import DataError, UsageError
 from charlm.system.console import progress_bar
+from charlm.system.files import replace_durably
 from charlm.tasks.masks import mask_info, mask_path, read_mask
 
 FORMAT_VERSION = 1
@@ -236,12 +236,6 @@ class _Reporter:
         self, description: str, total: int, unit: str = "characters"
     ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
         return progress_bar(description, total, enabled=self.enabled, unit=unit)
-
-
-def _fsync_replace(temp: Path, final: Path) -> None:
-    with open(temp, "rb+") as file:
-        os.fsync(file.fileno())
-    os.replace(temp, final)
 
 
 def _write_ids(
@@ -542,7 +536,7 @@ def _write_prepared(
             _write_masks(out_dir, inputs.masks, counts[TRAIN_FILE][0], counts[VAL_FILE][0])
         temps[META_FILE].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, META_FILE):
-            _fsync_replace(temps[name], out_dir / name)
+            replace_durably(temps[name], out_dir / name)
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
@@ -556,7 +550,7 @@ def _write_masks(out_dir: Path, masks: _Masks, train_tokens: int, val_tokens: in
         temp = out_dir / f".{name}.tmp"
         try:
             mask.astype(np.uint8).tofile(temp)
-            _fsync_replace(temp, out_dir / name)
+            replace_durably(temp, out_dir / name)
         finally:
             temp.unlink(missing_ok=True)
 

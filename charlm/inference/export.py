@@ -20,6 +20,7 @@ from charlm.errors import CharlmError, UsageError
 from charlm.model.cells import CELLS
 from charlm.model.network import RNNLanguageModel
 from charlm.rundir.checkpoint import LoadedCheckpoint, load_checkpoint
+from charlm.system.files import replace_durably
 
 FORMATS = ("torchscript", "onnx")
 EXPORT_FORMAT = "charlm-step"
@@ -107,7 +108,7 @@ def export_checkpoint(
                 f"{out}: the exported {fmt} step differs from charlm's by {difference:.2e} "
                 f"(more than {TOLERANCE:g}); nothing was written"
             )
-        os.replace(tmp, out)
+        replace_durably(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, difference, _CHECK_STEPS)

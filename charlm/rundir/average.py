@@ -19,12 +19,12 @@ from charlm.rundir.checkpoint import (
     CHECKPOINTS,
     FORMAT_NAME,
     LoadedCheckpoint,
-    fsync_dir,
     is_run_dir,
     load_checkpoint,
     step_dirs,
 )
 from charlm.rundir.names import CONFIG, META, MODEL, STATE, TOKENIZER
+from charlm.system.files import fsync_file, replace_durably
 
 # state.json keys that still describe averaged weights; scores, cursor, RNG and counters belong
 # to one point of training, and an average is no point to resume from.
@@ -122,10 +122,7 @@ def _write(out: Path, model: torch.nn.Module, info: dict, newest: LoadedCheckpoi
         (tmp / TOKENIZER).write_text(newest.tokenizer_json, encoding="utf-8")
         (tmp / META).write_text(json.dumps(newest.meta, indent=1), encoding="utf-8")
         for file in tmp.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(tmp)
-        os.replace(tmp, out)
+            fsync_file(file)
+        replace_durably(tmp, out)  # fsyncs the folder tmp, renames it, fsyncs out's folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(out.parent)

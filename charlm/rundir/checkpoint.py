@@ -60,6 +60,7 @@ from charlm.rundir.names import (
     TRAIN_STATE,
 )
 from charlm.system.device import resolve_device
+from charlm.system.files import atomic_write_text, fsync_file, replace_durably
 
 __all__ = ["CHECKPOINTS"]  # re-exported: callers imported it from here before runfiles.py
 
@@ -67,30 +68,6 @@ FORMAT_NAME = "charlm-checkpoint"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _FILES = (MODEL, STATE, CONFIG, TOKENIZER, META)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a mixture."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 @dataclass
@@ -250,20 +227,18 @@ def save_checkpoint(
     try:
         info = _write_files(tmp, model, optimizer, config, tokenizer_json, meta, state, raw_weights)
         for file in tmp.iterdir():
-            _fsync_file(file)
-        fsync_dir(tmp)
+            fsync_file(file)
     except (OSError, RuntimeError) as exc:
         needed = _tensor_bytes(model, optimizer, state, raw_weights)
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failure(exc, root, state.step, needed) from None
     if final.exists():  # the same step saved again (after an interrupt): swap, then drop the old
         old = root / f".old-{name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
+        replace_durably(final, old)
+        replace_durably(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, final)
-    fsync_dir(root)
+        replace_durably(tmp, final)  # fsyncs the folder tmp, renames it, fsyncs root
     atomic_write_text(root / LATEST, json.dumps({"name": name, "step": state.step}))
     if is_best:
         best = {"name": name, "step": state.step, "val_loss": info.get("best_val_loss")}

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 
 from charlm.errors import UsageError
+from charlm.system.files import atomic_write_text
 
 PID_FILE = "trainer.pid"  # the holder's pid, for the second trainer's message (advisory only)
 
@@ -39,7 +40,7 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
-        (self.run_dir / PID_FILE).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        atomic_write_text(self.run_dir / PID_FILE, f"{os.getpid()}\n")
         return self
 
     def __exit__(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from charlm.system.console import utc_now
+from charlm.system.files import atomic_write_text
 
 
 def train_record(
@@ -97,7 +98,7 @@ class MetricsLog:
             return
         if truncate_after is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict[str, Any]) -> None:

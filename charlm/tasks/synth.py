@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from charlm.errors import DataError, UsageError
+from charlm.system.files import atomic_write_bytes, atomic_write_text
 from charlm.tasks.masks import (
     CUE,
     SCORED_TASKS,
@@ -45,7 +46,6 @@ from charlm.tasks.masks import (
     mask_bytes,
     mask_path,
     score_mask,
-    write_mask,
 )
 
 TASKS = ("lag", "markov", "brackets")
@@ -484,14 +484,14 @@ def write_task(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # newline="" so no platform ever turns "\n" into "\r\n": the files hold exactly the sample.
-    (out / "train.txt").write_text(train_text, encoding="utf-8", newline="")
-    (out / "valid.txt").write_text(valid_text, encoding="utf-8", newline="")
+    atomic_write_text(out / "train.txt", train_text, newline="")
+    atomic_write_text(out / "valid.txt", valid_text, newline="")
     for name, mask in zip(("train.txt", "valid.txt"), masks or (None, None), strict=True):
         if mask is None:  # a mask left from an earlier task here would be read as this one's
             mask_path(out / name).unlink(missing_ok=True)
-        else:
-            write_mask(mask_path(out / name), mask)
-    (out / TRUTH_FILE).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+        else:  # the bytes write_mask (masks.py) writes: one uint8 per character
+            atomic_write_bytes(mask_path(out / name), np.asarray(mask, dtype=np.uint8).tobytes())
+    atomic_write_text(out / TRUTH_FILE, json.dumps(truth, indent=1) + "\n")
     return truth
 
 
