@@ -37,6 +37,7 @@ from charlm.errors import CharlmError, UsageError, environment_error
 from charlm.inference.evaluate import EvalResult, score_text
 from charlm.inference.sample import SampleOptions, Sampler
 from charlm.model.cells import CELLS
+from charlm.rundir.names import check_which
 from charlm.system.device import cpu_threads
 from charlm.system.threads import choose_threads, step_macs
 from charlm.training.run import train as run_train
@@ -229,9 +230,7 @@ def load(path: Path | str, *, device: str = "auto", which: str = "best") -> Lang
 
     `device` "auto" is the run's own train.device (CUDA, then MPS, then the CPU).
     """
-    if which not in ("best", "latest"):
-        raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{which}')")
-    return LanguageModel(Sampler(Path(path), device=device, which=which))
+    return LanguageModel(Sampler(Path(path), device=device, which=check_which(which)))
 
 
 @_charlm_errors

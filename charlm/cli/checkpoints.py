@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, say
-from charlm.cli.options import RunArg, WhichOpt, checked_which
+from charlm.cli.options import RunArg, WhichOpt
+from charlm.rundir.names import check_which
 
 
 @app.command()
@@ -54,7 +55,7 @@ def export(
     """
     from charlm.inference.export import export_checkpoint
 
-    result = export_checkpoint(run, fmt, out, which=checked_which(which), force=force)
+    result = export_checkpoint(run, fmt, out, which=check_which(which), force=force)
     say(
         f"wrote {result.path}: {fmt}, matches charlm's step to {result.max_difference:.1e} "
         f"over {result.steps_checked} steps"

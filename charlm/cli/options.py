@@ -41,12 +41,3 @@ WhichOpt = Annotated[
 RunArg = Annotated[
     Path, typer.Argument(help="A run directory (train --out) or a checkpoint folder.")
 ]
-
-
-def checked_which(value: str) -> str:
-    """--checkpoint's value, if it is 'best' or 'latest'; else a UsageError."""
-    from charlm.errors import UsageError
-
-    if value not in ("best", "latest"):
-        raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{value}')")
-    return value

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, say
-from charlm.cli.options import DeviceOpt, JsonOpt, RunArg, WhichOpt, checked_which
+from charlm.cli.options import DeviceOpt, JsonOpt, RunArg, WhichOpt
+from charlm.rundir.names import check_which
 
 
 @app.command()
@@ -65,7 +66,7 @@ def sample(
         min_words,
     )
     options.validate()
-    lm = load(run, device=device, which=checked_which(which))
+    lm = load(run, device=device, which=check_which(which))
     lm.check_memory(options)
     if drawn:
         say(f"charlm: seed {options.seed} (pass --seed {options.seed} for this sample again)")
@@ -112,7 +113,7 @@ def evaluate(
 
     mask = mask_path(text) if mask_path(text).is_file() else None  # valid.txt -> valid.mask
     with spooled(text) as source:
-        lm = load(run, device=device, which=checked_which(which))
+        lm = load(run, device=device, which=check_which(which))
         result = lm.score_file(
             source,  # type: ignore[arg-type]
             batch_size=batch_size,
@@ -140,7 +141,7 @@ def info(run: RunArg, json_out: JsonOpt = False, which: WhichOpt = "best") -> No
     """What a run or checkpoint holds: settings, vocabulary, size, step, scores, format."""
     from charlm.rundir.info import describe
 
-    summary = describe(run, checked_which(which))
+    summary = describe(run, check_which(which))
     if json_out:
         print(json.dumps(summary))
         return

@@ -8,6 +8,7 @@ from typing import Any
 
 from charlm.errors import DataError, UsageError
 from charlm.rundir.records import read_metrics
+from charlm.system.files import replace_durably, temporary_sibling
 
 
 def _pyplot() -> Any:
@@ -24,8 +25,13 @@ def _save(fig: Any, out: Path) -> Path:
     if out.suffix.lower() != ".png":
         raise UsageError(f"{out}: the figure is written as PNG; give a name ending in .png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    _pyplot().close(fig)
+    temp = temporary_sibling(out)
+    try:
+        fig.savefig(temp, dpi=90, format="png")  # a killed plot leaves no half-drawn PNG
+        replace_durably(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)
+        _pyplot().close(fig)
     return out
 
 

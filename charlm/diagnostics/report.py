@@ -16,6 +16,7 @@ from charlm.diagnostics.activations import singular_values as svs
 from charlm.diagnostics.gradients import MEASURES, NORMS, POSITIONS, GradientProfile, measure_model
 from charlm.diagnostics.subjects import Subject, fresh_subjects, run_subjects, task_targets
 from charlm.errors import UsageError
+from charlm.rundir.names import check_which
 from charlm.system.device import resolve_device
 
 Say = Callable[[str], None]
@@ -133,9 +134,7 @@ def gradient_subjects(
     """The models to measure: each run's checkpoint(s), or the fresh models `fresh` names (one
     fresh model as `config` and `overrides` make it, when `fresh` is None)."""
     if runs:
-        if which not in ("best", "latest"):
-            raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{which}')")
-        return run_subjects(runs, raw, which, checkpoints, device)
+        return run_subjects(runs, raw, check_which(which), checkpoints, device)
     if checkpoints is not None:
         raise UsageError("--checkpoints needs run directories")
     # No --fresh: one fresh model as --config/--set make it ("").

@@ -12,6 +12,8 @@ checkpoint.py describes what each holds.
 
 from __future__ import annotations
 
+from charlm.errors import UsageError
+
 # The run directory
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -29,3 +31,12 @@ META = "meta.json"
 # Pointers in checkpoints/
 LATEST = "latest.json"
 BEST = "best.json"
+
+WHICH = ("best", "latest")  # the checkpoints a run directory points at (BEST, LATEST)
+
+
+def check_which(value: str) -> str:
+    """`--checkpoint`'s value if it names a pointer of WHICH; else the one-line refusal."""
+    if value not in WHICH:
+        raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{value}')")
+    return value

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from charlm.errors import DataError, UsageError
+from charlm.system.files import atomic_write_bytes
 
 CUE = "="  # lag task: the character before the scored key
 SCORES = ("all", "task")  # what the loss counts: every character, or the task's positions only
@@ -78,7 +79,8 @@ def mask_path(text_path: Path) -> Path:
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
-    np.asarray(mask, dtype=np.uint8).tofile(path)
+    """One uint8 per character, written whole or not at all."""
+    atomic_write_bytes(path, np.asarray(mask, dtype=np.uint8).tobytes())
 
 
 def read_mask(path: Path, chars: int) -> np.ndarray:

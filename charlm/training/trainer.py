@@ -45,6 +45,7 @@ from charlm.rundir.records import MetricsLog, train_record, val_record
 from charlm.system.console import print_line
 from charlm.system.device import resolve_device, set_threads
 from charlm.system.distributed import DistContext
+from charlm.system.files import atomic_write_text
 from charlm.system.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
 from charlm.tasks.curriculum import TaskRun
 from charlm.training.display import Throughput, TrainingDisplay
@@ -205,7 +206,7 @@ class Trainer:
     def _setup_step(self) -> None:
         if self.dist.is_main:
             config_yaml = config_to_yaml(self.config)
-            (self.run_dir / CONFIG).write_text(config_yaml, encoding="utf-8")
+            atomic_write_text(self.run_dir / CONFIG, config_yaml)
         resumed_at = self.step if self.loaded else None
         board = None
         if self.config.train.tensorboard and self.dist.is_main:
