@@ -1,6 +1,6 @@
 """Entry point for `python -m charlm` (and for `torchrun -m charlm`)."""
 
-from charlm.cli import main
+from charlm.cli.app import main
 
 if __name__ == "__main__":
     main()

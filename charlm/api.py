@@ -30,17 +30,18 @@ from typing import Any, TypeVar
 import torch
 from tokenizers import Tokenizer
 
-from charlm.cells import CELLS
 from charlm.config import RunConfig
-from charlm.device import cpu_threads
+from charlm.data.prepare import read_text
+from charlm.data.tokenizer import decode
 from charlm.errors import CharlmError, UsageError, environment_error
-from charlm.evaluate import EvalResult, score_text
-from charlm.prepare import read_text
-from charlm.sample import SampleOptions, Sampler
-from charlm.threads import choose_threads, step_macs
-from charlm.tokenizer import decode
-from charlm.train import TrainResult
-from charlm.train import train as run_train
+from charlm.inference.evaluate import EvalResult, score_text
+from charlm.inference.sample import SampleOptions, Sampler
+from charlm.model.cells import CELLS
+from charlm.rundir.names import check_which
+from charlm.system.device import cpu_threads
+from charlm.system.threads import choose_threads, step_macs
+from charlm.training.run import train as run_train
+from charlm.training.trainer import TrainResult
 
 __all__ = ["EvalResult", "LanguageModel", "TrainResult", "load", "train"]
 
@@ -155,7 +156,7 @@ class LanguageModel:
             yield from self._sampler.pieces(options)
 
     def _threads(self, batch: int) -> Any:
-        """Training's thread rule (charlm/threads.py) for `batch` streams of this model: fixed by
+        """Training's thread rule (charlm/system/threads.py) for `batch` streams of this model: fixed by
         its size and the cores, never by the load, so a seeded sample or a score is the same
         on a busy machine; the run's own train.threads, if it set one, wins."""
         m = self.config.model
@@ -229,9 +230,7 @@ def load(path: Path | str, *, device: str = "auto", which: str = "best") -> Lang
 
     `device` "auto" is the run's own train.device (CUDA, then MPS, then the CPU).
     """
-    if which not in ("best", "latest"):
-        raise UsageError(f"--checkpoint must be 'best' or 'latest' (got '{which}')")
-    return LanguageModel(Sampler(Path(path), device=device, which=which))
+    return LanguageModel(Sampler(Path(path), device=device, which=check_which(which)))
 
 
 @_charlm_errors

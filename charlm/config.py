@@ -18,7 +18,8 @@ from charlm.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    level: Literal["char", "word", "bpe"] = "char"  # tokenisation level
+    # Tokenisation level: one entry each in data/tokenizer.py LEVELS (tests/test_registries.py).
+    level: Literal["char", "word", "bpe"] = "char"
     vocab_size: int = 8000  # word/bpe: entries kept, counting the special tokens; char ignores it
     # (word: 0 keeps every word of the training text)
     val_fraction: float = 0.05  # last fraction of the text held out for validation
@@ -27,7 +28,8 @@ class DataConfig:
     # ignore it. (Until this release train read `body` unasked while prepare refused.)
     csv_column: str | None = None
     # sentence: the tutorial's padded sentences; lines (char level): one example per line, each
-    # from a zero state, padded and masked like sentences (synthetic tasks, README)
+    # from a zero state, padded and masked like sentences (synthetic tasks, README); each one of
+    # data/batching.py BATCHINGS, built in make_batcher
     batching: Literal["stream", "sentence", "lines"] = "stream"
     # Word level; the defaults are the WildML tutorial's, false/lines/whitespace pytorch/examples'
     # word_language_model (WikiText-2 perplexities comparable with published ones).
@@ -71,7 +73,7 @@ class ModelConfig:
     # rnn: a plain RNN (tanh, or relu: model.nonlinearity), for comparison; lstm-peephole: gates
     # also read the cell state (Gers & Schmidhuber 2000); gru-tutorial: the WildML tutorial's Theano GRU exactly (hard sigmoid
     # gates, reset before the recurrent matrix). The last two have no fused kernel (unrolled,
-    # slower: docs/benchmarks.md). The cells themselves live in cells.py.
+    # slower: docs/benchmarks.md). The cells themselves live in model/cells.py CELLS.
     cell: Literal["gru", "lstm", "rnn", "lstm-peephole", "gru-tutorial"] = "gru"
     # How the weights start (docs/benchmarks.md, "Initialisation"). pytorch: each module's own
     # PyTorch default (embedding N(0, 1); decoder, its bias and the recurrent layers
@@ -143,6 +145,7 @@ class OptimConfig:
     # asgd: AWD-LSTM's NT-ASGD: plain SGD, then the running mean of the weights (used for
     # evaluation and sampling) once validation has not improved for `nonmono` evaluations.
     # sgd: plain (or momentum / Nesterov) SGD, pytorch/examples' and Zaremba et al.'s recipes.
+    # Each one an entry of training/optimizers.py OPTIMIZERS (tests/test_registries.py).
     name: Literal["rmsprop", "adam", "adamw", "asgd", "sgd"] = "rmsprop"
     lr: float = 1e-3
     momentum: float = 0.0  # name=sgd: heavy-ball momentum (0 = plain SGD)
@@ -209,7 +212,7 @@ class TrainConfig:
     seed: int = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # CPU intra-op threads. 0: charlm's choice, fixed for the run from the model's size and the
-    # cores (every core, or one for small steps) and kept on resume (charlm/threads.py)
+    # cores (every core, or one for small steps) and kept on resume (charlm/system/threads.py)
     threads: int = 0
     # true: follow the machine's load (one thread while other programs keep a core busy).
     # Faster on a shared machine, but the last bits of the weights then depend on the load.
@@ -242,7 +245,7 @@ class TrainConfig:
     curriculum_threshold: float = 0.95
     # At each evaluation, print and log (metrics.jsonl kind "sample") sample_length tokens drawn
     # at sample_temperature from a generator of its own: the weights trained are the same with
-    # it off (evalsample.py). On by default: 200 characters took ~50 ms for the default 2x128
+    # it off (training/sample_at_eval.py). On by default: 200 characters took ~50 ms for the default 2x128
     # GRU here, 0.22 s for 2x512 (scripts/eval_sample_cost.py; README, "Watching a run").
     sample_every_eval: bool = True
     sample_length: int = 200
@@ -353,7 +356,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.compile",
         "train.step_guard",
         # batch_size and grad_accum may change together with the number of processes as long
-        # as the global batch stays the same (train.py checks; the stream layout is then equal).
+        # as the global batch stays the same (training/resume.py checks; the stream layout is then equal).
         "train.batch_size",
         "train.grad_accum",
         "train.dist_timeout_s",

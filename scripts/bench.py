@@ -6,7 +6,7 @@ For each model it measures, in the same run on the same machine:
     window (pytorch/examples' word_language_model shape); the ratio is the figure to watch;
   * sampling tokens/s at batch 1: charlm's lean step (`LeanStepper`) and naive stepping (the
     `nn.GRU`/`nn.LSTM` module called on a length-1 sequence), both with the same softmax draw;
-  * preparation MB/s and peak RSS of `charlm.prepare.prepare`, and training peak RSS.
+  * preparation MB/s and peak RSS of `charlm.data.prepare.prepare`, and training peak RSS.
 Each training and preparation measurement runs in its own process, so peak RSS is its own.
 Rounds alternate plain and charlm and the median is kept: absolute numbers drift on a shared
 machine, ratios measured side by side much less.
@@ -40,9 +40,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from charlm.config import ModelConfig
-from charlm.metrics import read_metrics
-from charlm.model import LeanStepper, RNNLanguageModel
-from charlm.prepare import load_prepared
+from charlm.data.prepare import load_prepared
+from charlm.model.network import LeanStepper, RNNLanguageModel
+from charlm.rundir.records import read_metrics
 
 DATA = Path("/work/shared/data")
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
@@ -123,7 +123,7 @@ def measure_prepare(spec: Spec, data_dir: Path) -> dict[str, float]:
     """Prepare in a child process; time only the prepare() call, not the interpreter start."""
     code = (
         "import time; from pathlib import Path\n"
-        "from charlm.prepare import PrepareSettings, prepare\n"
+        "from charlm.data.prepare import PrepareSettings, prepare\n"
         "t = time.perf_counter()\n"
         f"prepare(Path({spec.text!r}), Path({str(data_dir)!r}), PrepareSettings(level="
         f"{spec.level!r}, vocab_size={spec.vocab_size or 8000}), show_progress=False)\n"
@@ -138,7 +138,7 @@ def measure_prepare(spec: Spec, data_dir: Path) -> dict[str, float]:
 def charlm_train(
     spec: Spec, data_dir: Path, run_dir: Path, threads: int, compile_: bool = False
 ) -> tuple[float, float]:
-    """tokens/s of `charlm.train.train` after its first logging interval (which holds the
+    """tokens/s of `charlm.training.run.train` after its first logging interval (which holds the
     warm-up, and with `compile_` the compilation), and its peak RSS."""
     total = spec.steps + spec.log_every
     overrides = {
@@ -160,7 +160,7 @@ def charlm_train(
     items = [f"{key}={value}" for key, value in overrides.items()]
     code = (
         "import time; from pathlib import Path\n"
-        "from charlm.train import train\n"
+        "from charlm.training.run import train\n"
         "t = time.perf_counter()\n"
         f"train(Path({str(run_dir)!r}), data_dir=Path({str(data_dir)!r}), overrides={items!r}, "
         "force=True, show_progress=False)\n"

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from charlm.config import ModelConfig
-from charlm.metrics import read_metrics
-from charlm.model import LeanStepper, RNNLanguageModel
-from charlm.train import train
+from charlm.model.network import LeanStepper, RNNLanguageModel
+from charlm.rundir.records import read_metrics
+from charlm.training.run import train
 
 TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
 CELLS = ("gru", "lstm", "lstm-peephole", "gru-tutorial")
@@ -80,7 +80,7 @@ def main() -> None:
         work = Path(tmp)
         text = work / "input.txt"
         text.write_text(TEXT.read_text(encoding="utf-8")[:300_000], encoding="utf-8")
-        from charlm.prepare import PrepareSettings, prepare
+        from charlm.data.prepare import PrepareSettings, prepare
 
         prepare(text, work / "data", PrepareSettings(level="char"), show_progress=False)
         for _ in range(args.rounds):

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))  # the checkout's charlm, also when the script is 
 
 from compare_cells_doc import write_doc  # noqa: E402  (the page's text, beside this script)
 
-from charlm.lineup import PRESETS  # noqa: E402
-from charlm.metrics import read_metrics  # noqa: E402
+from charlm.diagnostics.subjects import PRESETS  # noqa: E402
+from charlm.rundir.records import read_metrics  # noqa: E402
 
 # The five models: --set overrides over configs/lag-curriculum.yaml.
 MODELS = {

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from charlm.config import ModelConfig
-from charlm.evalsample import draw_sample
-from charlm.model import RNNLanguageModel
-from charlm.tokenizer import build_tokenizer
+from charlm.data.tokenizer import build_tokenizer
+from charlm.model.network import RNNLanguageModel
+from charlm.training.sample_at_eval import draw_sample
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
 

@@ -1,6 +1,6 @@
 """Which initialisation learns fastest: charlm's settings against the plain PyTorch loop.
 
-Every case trains charlm (`charlm.train.train` in a fresh one-thread process) under each
+Every case trains charlm (`charlm.training.run.train` in a fresh one-thread process) under each
 initialisation variant, and the plain loop of scripts/plain_loop.py on the very same prepared ids,
 with the same model, optimiser, batch and window, and records the validation loss after each
 budget of steps. Two jobs run at a time (one per core). Cases:
@@ -100,7 +100,7 @@ def run_charlm(data: Path, settings: list[str], budgets, windows: int, seed: int
                  f"train.eval_batches={windows}", f"train.checkpoint_every={budgets[-1]}",
                  "train.threads=1", f"train.seed={seed}", "train.log_every=50"]  # fmt: skip
         code = (
-            "from pathlib import Path\nfrom charlm.train import train\n"
+            "from pathlib import Path\nfrom charlm.training.run import train\n"
             f"train(Path({tmp!r}) / 'run', data_dir=Path({str(data)!r}), overrides={items!r}, "
             "show_progress=False)\n"
             "import json\n"

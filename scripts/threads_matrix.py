@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlm.metrics import read_metrics
+from charlm.rundir.records import read_metrics
 
 DATA = Path(os.environ.get("CHARLM_SHARED_DATA", "/work/shared/data"))
 MODELS = {  # name: (text, overrides)
@@ -71,7 +71,7 @@ def measure(
             *settings,
         ]  # fmt: skip
         code = (
-            "from pathlib import Path\nfrom charlm.train import train\n"
+            "from pathlib import Path\nfrom charlm.training.run import train\n"
             f"train(Path({str(run)!r}), data_dir=Path({str(data_dir)!r}), overrides={items!r}, "
             "show_progress=False)\n"
         )

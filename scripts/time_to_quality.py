@@ -30,7 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from charlm.metrics import read_metrics
+from charlm.rundir.records import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT = Path("/work/shared/data/wikitext-2")

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from charlm.metrics import read_metrics
+from charlm.rundir.records import read_metrics
 
 DATA = Path(os.environ.get("CHARLM_SHARED_DATA", "/work/shared/data"))
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def run_charlm(data: Path, settings: list[str], steps: int, windows: int, seed: 
                  f"train.eval_batches={windows}", f"train.checkpoint_every={steps}",
                  "train.log_every=10", f"train.seed={seed}"]  # fmt: skip
         code = (
-            "import json\nfrom pathlib import Path\nfrom charlm.train import train\n"
+            "import json\nfrom pathlib import Path\nfrom charlm.training.run import train\n"
             f"train(Path({str(run)!r}), data_dir=Path({str(data)!r}), overrides={items!r}, "
             "show_progress=False)\nprint('{}')\n"
         )

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from charlm.cli import app
 from charlm.config import ModelConfig
-from charlm.model import RNNLanguageModel
+from charlm.model.network import RNNLanguageModel
 
 # Small enough to train in about a second on a CPU, large enough to learn something.
 TINY = (

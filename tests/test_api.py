@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 import charlm
 import charlm.api
+from charlm.data.prepare import split_train_val
+from charlm.data.tokenizer import SENTENCE_END, SENTENCE_START
 from charlm.errors import CheckpointError, DataError, UsageError
-from charlm.prepare import split_train_val
-from charlm.tokenizer import SENTENCE_END, SENTENCE_START
 
 TINY_SETTINGS = {TINY[i + 1].split("=")[0]: TINY[i + 1].split("=")[1] for i in range(0, 16, 2)}
 
@@ -146,12 +146,12 @@ def test_a_machine_fault_is_the_clis_one_line_error_not_an_oserror(
 ) -> None:
     import errno
 
-    import charlm.prepare
+    import charlm.data.prepare
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", "data/train.bin")
 
-    monkeypatch.setattr(charlm.prepare, "_write_ids", read_only)
+    monkeypatch.setattr(charlm.data.prepare, "_write_ids", read_only)
     with pytest.raises(charlm.errors.CharlmError) as raised:
         charlm.train(folder / "input.txt", out=tmp_path / "r", overrides=TINY_SETTINGS,
                      progress=False)  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 from helpers import TINY, cli, readme_blocks, train_tiny, write_corpus
 from safetensors.torch import load_file
 
-from charlm.checkpoint import step_dirs
+from charlm.rundir.checkpoint import step_dirs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charlm.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher
+from charlm.data.batching import IGNORE_INDEX, Cursor, SentenceBatcher, StreamBatcher
 
 
 @settings(max_examples=60, deadline=None)

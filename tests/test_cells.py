@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm.checkpoint import load_checkpoint
 from charlm.config import ModelConfig
-from charlm.model import RNNLanguageModel
+from charlm.model.network import RNNLanguageModel
+from charlm.rundir.checkpoint import load_checkpoint
 from tests.helpers import seeded_model
 
 
@@ -36,7 +36,7 @@ def test_forget_gate_starts_at_sigmoid_of_the_bias():
         w.w_ih.zero_()
         w.w_hh.zero_()
     x, h, c = torch.zeros(1, 5), torch.zeros(1, 6), torch.ones(1, 6)
-    from charlm.model import cell_step
+    from charlm.model.network import cell_step
 
     _, c_new = cell_step("lstm", w, x, (h, c))
     i, g = torch.sigmoid(w.b_ih[:6] + w.b_hh[:6]), torch.tanh(w.b_ih[12:18] + w.b_hh[12:18])
@@ -82,7 +82,7 @@ def test_leaky_units_follow_the_formula_and_change_the_dynamics():
 
 
 def test_clip_by_value_bounds_every_update(tmp_path: Path):
-    from charlm.train import train
+    from charlm.training.run import train
 
     text = tmp_path / "t.txt"
     text.write_text("abcabd abd cab\n" * 50, encoding="utf-8")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import TINY, cli, train_tiny, write_corpus
 
-from charlm.checkpoint import load_checkpoint, resolve_checkpoint
 from charlm.errors import CheckpointError
-from charlm.sample import SampleOptions, Sampler
+from charlm.inference.sample import SampleOptions, Sampler
+from charlm.rundir.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_info_reads_and_never_writes(run: Path) -> None:
 
 
 def test_a_swapped_tokenizer_is_refused(run: Path, tmp_path: Path) -> None:
-    from charlm.tokenizer import build_tokenizer, save_tokenizer
+    from charlm.data.tokenizer import build_tokenizer, save_tokenizer
 
     folder = resolve_checkpoint(run)
     save_tokenizer(build_tokenizer("char", ["only a few letters"], 0), folder / "tokenizer.json")

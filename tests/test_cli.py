@@ -81,7 +81,7 @@ def test_prepare_then_train_from_data(tmp_path: Path) -> None:
 def test_data_download_through_the_cli(tmp_path: Path, http_server, monkeypatch) -> None:
     import hashlib
 
-    from charlm.corpora import DATASETS, Dataset, RemoteFile
+    from charlm.data.corpora import DATASETS, Dataset, RemoteFile
 
     text = "some public text\n" * 20
     (http_server.root / "corpus.txt").write_text(text)

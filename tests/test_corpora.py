@@ -1,4 +1,4 @@
-"""Tests for charlm.corpora: the built-in corpus and checked downloads from a local server."""
+"""Tests for charlm.data.corpora: the built-in corpus and checked downloads from a local server."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from charlm import corpora
-from charlm.corpora import DATASETS, Dataset, RemoteFile, builtin_corpus_text, cache_dir, download
+from charlm.data import corpora
+from charlm.data.corpora import (
+    DATASETS,
+    Dataset,
+    RemoteFile,
+    builtin_corpus_text,
+    cache_dir,
+    download,
+)
 from charlm.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -60,7 +67,7 @@ def test_builtin_corpus_is_the_same_in_another_process() -> None:
     # not depend on what was imported before it.
     code = (
         "import hashlib, numpy, typing_extensions\n"
-        "from charlm.corpora import builtin_corpus_text\n"
+        "from charlm.data.corpora import builtin_corpus_text\n"
         "print(hashlib.sha256(builtin_corpus_text().encode()).hexdigest())\n"
     )
     expected = _sha(builtin_corpus_text())

@@ -12,8 +12,8 @@ from helpers import TINY, cli, seeded_model, train_tiny, write_corpus
 
 from charlm.config import ModelConfig, OptimConfig, build_config, config_to_dict
 from charlm.errors import ConfigError
-from charlm.model import RNNLanguageModel
-from charlm.schedules import build_optimizer
+from charlm.model.network import RNNLanguageModel
+from charlm.training.optimizers import build_optimizer
 
 
 def test_sgd_with_momentum_and_nesterov_builds_torch_sgd() -> None:
@@ -121,7 +121,7 @@ class FakeClock:
 def _governor(
     requested: int = 0, macs: int = 1 << 24, loads=(0.0,), environ=None, adapt=False, recorded=None
 ):
-    from charlm.threads import ThreadGovernor
+    from charlm.system.threads import ThreadGovernor
 
     applied: list[int] = []
     clock = FakeClock()
@@ -207,7 +207,7 @@ def test_a_users_thread_count_is_kept_whatever_the_load(requested, environ, expe
 
 
 def test_openmp_defaults_yield_to_any_user_setting() -> None:
-    from charlm.threads import DEFAULT_SPINCOUNT, set_openmp_defaults
+    from charlm.system.threads import DEFAULT_SPINCOUNT, set_openmp_defaults
 
     environ: dict[str, str] = {}
     assert "spin" in set_openmp_defaults(environ)
@@ -219,7 +219,7 @@ def test_openmp_defaults_yield_to_any_user_setting() -> None:
 
 
 def test_load_meter_reads_other_programs_cpu_time_on_linux() -> None:
-    from charlm.threads import LoadMeter
+    from charlm.system.threads import LoadMeter
 
     meter = LoadMeter()
     if meter.last is None:
@@ -266,7 +266,7 @@ def test_sample_and_evaluate_use_trainings_thread_rule_and_restore_the_callers(
     model's size and the cores, never the load), then leave the caller's setting as it was."""
     import charlm
     import charlm.api
-    from charlm.threads import choose_threads
+    from charlm.system.threads import choose_threads
 
     corpus = write_corpus(tmp_path)
     assert train_tiny(corpus, "--out", tmp_path / "run", steps=5).exit_code == 0
@@ -294,7 +294,7 @@ def test_sample_and_evaluate_use_trainings_thread_rule_and_restore_the_callers(
 
 
 def test_the_thread_rule_splits_only_large_steps_and_keeps_a_chosen_count() -> None:
-    from charlm.threads import SMALL_STEP_MACS, _usable_cores, choose_threads
+    from charlm.system.threads import SMALL_STEP_MACS, _usable_cores, choose_threads
 
     cores = min(2, _usable_cores())
     assert choose_threads(0, SMALL_STEP_MACS - 1, 2, environ={}) == 1

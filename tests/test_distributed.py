@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charlm.batching import Cursor, StreamBatcher
-from charlm.checkpoint import load_checkpoint
-from charlm.distributed import setup_distributed
+from charlm.data.batching import Cursor, StreamBatcher
 from charlm.errors import UsageError
-from charlm.train import train
-from charlm.train_step import micro_batches
+from charlm.rundir.checkpoint import load_checkpoint
+from charlm.system.distributed import setup_distributed
+from charlm.training.run import train
+from charlm.training.step import micro_batches
 from tests.conftest import make_english
 from tests.helpers import pattern_text
 
@@ -45,7 +45,7 @@ LAUNCH_TIMEOUT_S = 240  # a hung collective fails the test instead of hanging th
 WORKER = """
 import json, os, shutil, sys
 from pathlib import Path
-from charlm.train import train
+from charlm.training.run import train
 
 calls = json.loads(sys.argv[1])
 for call in calls:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import cli, pattern_text, train_tiny, write_corpus
 
-from charlm.metrics import read_metrics
+from charlm.rundir.records import read_metrics
 
 
 def test_evaluate_equals_validation_in_training(tmp_path: Path) -> None:

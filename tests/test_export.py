@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import TINY, cli, readme_blocks, write_corpus
 
-from charlm.checkpoint import load_checkpoint
-from charlm.export import ONNX_MODULES
+from charlm.inference.export import ONNX_MODULES
+from charlm.rundir.checkpoint import load_checkpoint
 
 MISSING_ONNX = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
 if MISSING_ONNX and os.environ.get("CI"):  # CI installs the onnx extra: a skip there hides a gap
@@ -160,9 +160,9 @@ def test_refusals_write_nothing(runs, tmp_path: Path, monkeypatch: pytest.Monkey
     forced = cli("export", runs["gru"], "--format", "torchscript", "--out", taken, "--force")
     assert forced.exit_code == 0 and taken.read_bytes() != b"mine"
 
-    import charlm.export
+    import charlm.inference.export
 
-    monkeypatch.setattr(charlm.export.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(charlm.inference.export.importlib.util, "find_spec", lambda name: None)
     result = cli("export", runs["gru"], "--format", "onnx", "--out", tmp_path / "b.onnx")
     assert result.exit_code == 1 and "pip install 'charlm-rnn[onnx]'" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.pt"]

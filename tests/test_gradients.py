@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.errors import DataError
-from charlm.gradients import (
+from charlm.diagnostics.gradients import (
     BURN_IN,
     gradient_norms_by_lag,
     measure_model,
     model_step,
 )
-from charlm.model import RNNLanguageModel
-from charlm.train_step import layer_grad_norms
+from charlm.errors import DataError
+from charlm.model.network import RNNLanguageModel
+from charlm.training.step import layer_grad_norms
 from tests.helpers import cli, seeded_model
 
 
@@ -129,7 +129,7 @@ def test_cli_fresh_model_json_and_plot(text_file: Path, tmp_path: Path):
 
 
 def test_cli_trained_runs_are_overlaid(text_file: Path, tmp_path: Path):
-    from charlm.train import train
+    from charlm.training.run import train
 
     runs = []
     for cell in ("rnn", "lstm"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import cli
 
-from charlm.metrics import read_metrics
+from charlm.rundir.records import read_metrics
 
 
 @pytest.mark.slow

@@ -17,9 +17,10 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-import charlm.metrics as metrics
-from charlm.metrics import TrainingDisplay, read_metrics
-from charlm.train import train
+import charlm.system.console as metrics
+from charlm.rundir.records import read_metrics
+from charlm.training.display import TrainingDisplay
+from charlm.training.run import train
 from tests.helpers import TINY, cli, readme_blocks, write_corpus
 
 STATUS = "loss 1.234  12,345 tok/s  |g| 0.52  clipped 3%"
@@ -242,7 +243,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures charlm plot makes, kept (and still written)."""
-    import charlm.plots as plots
+    import charlm.diagnostics.curves as plots
 
     figures, save = [], plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
@@ -331,8 +332,8 @@ def test_draw_sample_touches_no_global_generator_and_stops_on_non_finite_logits(
 
     import numpy as np
 
-    from charlm.evalsample import draw_sample
-    from charlm.tokenizer import build_tokenizer
+    from charlm.data.tokenizer import build_tokenizer
+    from charlm.training.sample_at_eval import draw_sample
     from tests.helpers import pattern_text, seeded_model
 
     tokenizer = build_tokenizer("char", [pattern_text()], 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charlm.config import ModelConfig
-from charlm.model import RNNLanguageModel, count_parameters, detach_state
+from charlm.model.network import RNNLanguageModel, count_parameters, detach_state
 from tests.helpers import seeded_model
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from charlm.config import ModelConfig
-from charlm.model import LeanStepper, RNNLanguageModel
+from charlm.model.network import LeanStepper, RNNLanguageModel
 from tests.helpers import cli, train_tiny, write_corpus
 
 NEW = ("lstm-peephole", "gru-tutorial")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charlm.checkpoint import load_checkpoint
+from charlm.rundir.checkpoint import load_checkpoint
 from tests.helpers import cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_checkpoints"

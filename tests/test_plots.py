@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from charlm.cellplots import plot_gradient_profiles
-from charlm.gradients import GradientProfile
-from charlm.metrics import read_metrics
-from charlm.plots import plot_runs
+from charlm.diagnostics.curves import plot_runs
+from charlm.diagnostics.figures import plot_gradient_profiles
+from charlm.diagnostics.gradients import GradientProfile
+from charlm.rundir.records import read_metrics
 from tests.helpers import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    from charlm.train import train
+    from charlm.training.run import train
 
     root = tmp_path_factory.mktemp("runs")
     text = root / "text.txt"

@@ -1,4 +1,4 @@
-"""Tests for charlm.prepare: inputs, split, outputs, cache, atomic writes and error messages."""
+"""Tests for charlm.data.prepare: inputs, split, outputs, cache, atomic writes and error messages."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm import prepare as prepare_module
-from charlm.errors import DataError, UsageError
-from charlm.prepare import (
+from charlm.data import prepare as prepare_module
+from charlm.data.prepare import (
     PrepareSettings,
     choose_dtype,
     load_prepared,
@@ -19,7 +18,8 @@ from charlm.prepare import (
     read_text,
     split_train_val,
 )
-from charlm.tokenizer import LINE_END, Encoder, decode
+from charlm.data.tokenizer import LINE_END, Encoder, decode
+from charlm.errors import DataError, UsageError
 
 META_KEYS = {
     "format",

@@ -12,23 +12,18 @@ import torch
 from helpers import TINY, seeded_model, write_corpus
 from safetensors.torch import load_file
 
-from charlm import model as model_module
-from charlm.checkpoint import load_checkpoint
 from charlm.config import build_config
+from charlm.data.prepare import load_prepared
 from charlm.errors import ConfigError
-from charlm.evaluate import evaluate_ids
-from charlm.metrics import read_metrics
-from charlm.model import RNNLanguageModel
-from charlm.prepare import load_prepared
-from charlm.regularise import (
-    WeightAverager,
-    activation_penalty,
-    embedding_dropout,
-    locked_dropout,
-    should_start_averaging,
-)
-from charlm.schedules import bptt_length, learning_rate
-from charlm.train import train
+from charlm.inference.evaluate import evaluate_ids
+from charlm.model import network as model_module
+from charlm.model.network import RNNLanguageModel
+from charlm.model.regularise import activation_penalty, embedding_dropout, locked_dropout
+from charlm.rundir.checkpoint import load_checkpoint
+from charlm.rundir.records import read_metrics
+from charlm.training.ntasgd import WeightAverager, should_start_averaging
+from charlm.training.run import train
+from charlm.training.schedules import bptt_length, learning_rate
 
 REGULARISED = (
     "model.embedding_dropout=0.1",
@@ -337,7 +332,7 @@ def test_config_refuses_bad_regularisation_settings() -> None:
 
 
 def test_activation_penalty_ignores_padding() -> None:
-    from charlm.regularise import activation_penalty
+    from charlm.model.regularise import activation_penalty
 
     torch.manual_seed(0)
     real = torch.randn(4, 1, 3)
@@ -349,7 +344,7 @@ def test_activation_penalty_ignores_padding() -> None:
 
 
 def test_tied_run_with_a_projection_trains_resumes_and_samples(tmp_path: Path) -> None:
-    from charlm.sample import SampleOptions, Sampler
+    from charlm.inference.sample import SampleOptions, Sampler
 
     corpus = write_corpus(tmp_path)
     tied = ("model.tie_weights=true", "model.cell=lstm", "model.layers=2")  # hidden 16, embedding 8

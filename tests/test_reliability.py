@@ -21,10 +21,10 @@ import torch
 import typer
 from helpers import TINY, cli, pattern_text, train_tiny, wait_for, write_corpus
 
-from charlm.checkpoint import load_checkpoint, resolve_checkpoint
 from charlm.cli import app
 from charlm.config import all_keys
-from charlm.metrics import read_metrics
+from charlm.rundir.checkpoint import load_checkpoint, resolve_checkpoint
+from charlm.rundir.records import read_metrics
 
 
 def tree_hash(folder: Path) -> dict[str, str]:
@@ -135,7 +135,7 @@ def test_out_naming_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
 def test_an_unwritable_out_is_refused_before_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
 ) -> None:
-    import charlm.preflight as preflight
+    import charlm.training.preflight as preflight
 
     real_statvfs = os.statvfs
 
@@ -154,7 +154,7 @@ def test_an_unwritable_out_is_refused_before_anything(
 def test_an_os_error_from_the_machine_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import charlm.prepare as prepare
+    import charlm.data.prepare as prepare
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "data" / "train.bin"))
@@ -168,7 +168,7 @@ def test_an_os_error_from_the_machine_is_one_line(
 def test_disk_full_while_saving_says_how_much_and_leaves_no_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import charlm.checkpoint as checkpoint
+    import charlm.rundir.checkpoint as checkpoint
 
     real, calls = checkpoint.save_file, {"n": 0}
 
@@ -244,7 +244,7 @@ def test_non_finite_weights_are_never_saved_and_resume_with_a_lower_rate_works(
 def test_a_nan_validation_loss_is_never_best(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import charlm.train as train_module
+    import charlm.training.trainer as train_module
 
     real = train_module.make_result
     calls = {"n": 0}

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from charlm.checkpoint import load_checkpoint
-from charlm.model import LeanStepper, RNNLanguageModel
+from charlm.model.network import LeanStepper, RNNLanguageModel
+from charlm.rundir.checkpoint import load_checkpoint
 from tests.helpers import cli, seeded_model, train_tiny, write_corpus
 
 

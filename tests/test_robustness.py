@@ -16,8 +16,8 @@ from helpers import TINY, cli, wait_for, write_corpus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charlm.checkpoint import load_checkpoint
 from charlm.config import all_keys
+from charlm.rundir.checkpoint import load_checkpoint
 
 CLEAN_EXITS = {0, 1, 2}
 

@@ -10,9 +10,9 @@ from helpers import TINY, cli, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charlm.data.tokenizer import SENTENCE_END, SENTENCE_START, UNKNOWN_TOKEN
 from charlm.errors import UsageError
-from charlm.sample import SampleOptions, Sampler, filter_logits
-from charlm.tokenizer import SENTENCE_END, SENTENCE_START, UNKNOWN_TOKEN
+from charlm.inference.sample import SampleOptions, Sampler, filter_logits
 
 
 @pytest.fixture(scope="module")

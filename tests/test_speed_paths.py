@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charlm.config import ModelConfig
-from charlm.model import LeanStepper, RNNLanguageModel
+from charlm.model.network import LeanStepper, RNNLanguageModel
 from tests.helpers import cli
 
 
@@ -83,7 +83,7 @@ def test_bf16_precision_is_refused_on_a_cpu_with_the_fix(tmp_path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast is a CUDA path")
 def test_bf16_forward_returns_fp32_logits_and_state() -> None:
-    from charlm.train_step import with_precision
+    from charlm.training.step import with_precision
 
     device = torch.device("cuda")
     model = _model("lstm").to(device)

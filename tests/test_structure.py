@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 
-from charlm.checkpoint import FORMAT_NAME, RunState, load_checkpoint
 from charlm.config import OptimConfig
+from charlm.data.prepare import PrepareSettings, prepare
 from charlm.errors import ConfigError
-from charlm.prepare import PrepareSettings, prepare
-from charlm.schedules import OPTIMIZERS, ValidationPolicy, build_optimizer
+from charlm.rundir.checkpoint import FORMAT_NAME, RunState, load_checkpoint
+from charlm.training.optimizers import OPTIMIZERS, build_optimizer
+from charlm.training.validation import ValidationPolicy
 from tests.helpers import cli, train_tiny, write_corpus
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlm.batching import Cursor, StreamBatcher
-from charlm.prepare import PrepareSettings, load_prepared, prepare
-from charlm.synth import build_automaton, make_task, optimal_stream_loss, write_task
+from charlm.data.batching import Cursor, StreamBatcher
+from charlm.data.prepare import PrepareSettings, load_prepared, prepare
+from charlm.tasks.synth import build_automaton, make_task, optimal_stream_loss, write_task
 from tests.helpers import cli
 
 

@@ -11,15 +11,15 @@ import torch
 from helpers import TINY, cli
 from safetensors.torch import load_file
 
-from charlm.batching import IGNORE_INDEX, Cursor, LineBatcher, StreamBatcher
 from charlm.config import build_config
-from charlm.curriculum import TaskRun
+from charlm.data.batching import IGNORE_INDEX, Cursor, LineBatcher, StreamBatcher
+from charlm.data.prepare import PrepareSettings, load_prepared, prepare
 from charlm.errors import DataError, UsageError
-from charlm.metrics import read_metrics
-from charlm.prepare import PrepareSettings, load_prepared, prepare
-from charlm.synth import write_task
-from charlm.tasks import groups, loss_mask, mask_path, read_mask, write_mask
-from charlm.train import train
+from charlm.rundir.records import read_metrics
+from charlm.tasks.curriculum import TaskRun
+from charlm.tasks.masks import groups, loss_mask, mask_path, read_mask, write_mask
+from charlm.tasks.synth import write_task
+from charlm.training.run import train
 
 
 def overrides(*extra: str) -> list[str]:

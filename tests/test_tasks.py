@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from charlm.errors import DataError
-from charlm.synth import make_task
-from charlm.tasks import groups, loss_mask, mask_bytes, read_mask, score_mask, write_mask
+from charlm.tasks.masks import groups, loss_mask, mask_bytes, read_mask, score_mask, write_mask
+from charlm.tasks.synth import make_task
 
 
 def test_score_mask_marks_the_key_after_each_cue_and_nothing_else():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.gradients import draw_windows, jacobian_norms_by_lag, measure_model
-from charlm.probes import activation_stats, saturated, singular_values
-from charlm.synth import write_task
+from charlm.diagnostics.activations import activation_stats, saturated, singular_values
+from charlm.diagnostics.gradients import draw_windows, jacobian_norms_by_lag, measure_model
+from charlm.tasks.synth import write_task
 from tests.helpers import cli, seeded_model, train_tiny, write_corpus
 
 W = torch.tensor([[0.9, 0.5, 0.0], [0.0, 0.8, 0.3], [0.2, 0.0, 1.1]])  # not normal: |W^k| != |W|^k

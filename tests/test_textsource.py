@@ -1,4 +1,4 @@
-"""Tests for charlm.textsource: streamed reading gives the text, splits and errors of a whole read."""
+"""Tests for charlm.data.reading: streamed reading gives the text, splits and errors of a whole read."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from charlm import prepare as prepare_module
-from charlm import textsource
+from charlm.data import prepare as prepare_module
+from charlm.data import reading as textsource
+from charlm.data.prepare import PrepareSettings, load_prepared, prepare
+from charlm.data.reading import TextSource, find_split, split_chunks
+from charlm.data.tokenizer import iter_chunks
 from charlm.errors import DataError
-from charlm.prepare import PrepareSettings, load_prepared, prepare
-from charlm.textsource import TextSource, find_split, split_chunks
-from charlm.tokenizer import iter_chunks
 
 # Text that exercises every boundary: line ends of three kinds, multi-byte characters (2, 3 and
 # 4 bytes in UTF-8), spaces, empty lines.

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charlm.checkpoint import load_checkpoint
+from charlm.rundir.checkpoint import load_checkpoint
 from tests.helpers import write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for charlm.tokenizer: round trips, unknowns, the word vocabulary cap, readable decoding."""
+"""Tests for charlm.data.tokenizer: round trips, unknowns, the word vocabulary cap, readable decoding."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from charlm.errors import DataError, UsageError
-from charlm.tokenizer import (
+from charlm.data.tokenizer import (
     CHAR_UNK,
     LINE_END,
     SENTENCE_END,
@@ -31,6 +30,7 @@ from charlm.tokenizer import (
     split_sentences,
     tokenizer_level,
 )
+from charlm.errors import DataError, UsageError
 
 UNICODE_SAMPLE = (
     "Hello, world!\tTabs\tand\nnewlines\r\n"
@@ -329,7 +329,7 @@ def test_word_vocab_size_zero_keeps_every_word() -> None:
 
 
 def test_bpe_stream_decoder_flushes_an_unfinished_character() -> None:
-    from charlm.tokenizer import StreamDecoder, build_tokenizer
+    from charlm.data.tokenizer import StreamDecoder, build_tokenizer
 
     tokenizer = build_tokenizer("bpe", ["plain ascii text only, nothing else " * 50], 300)
     ids = tokenizer.encode("ab 🙂").ids

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from charlm.tokenizer import (
+from charlm.data.tokenizer import (
     Encoder,
     build_tokenizer,
     save_tokenizer,

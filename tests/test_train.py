@@ -11,11 +11,11 @@ import torch
 from helpers import TINY, pattern_text, write_corpus
 from safetensors.torch import load_file
 
-from charlm.checkpoint import step_dirs
 from charlm.errors import TrainingStopped, UsageError
-from charlm.metrics import read_metrics
-from charlm.sample import SampleOptions, Sampler
-from charlm.train import train
+from charlm.inference.sample import SampleOptions, Sampler
+from charlm.rundir.checkpoint import step_dirs
+from charlm.rundir.records import read_metrics
+from charlm.training.run import train
 
 
 def overrides(*extra: str) -> list[str]:
@@ -32,7 +32,7 @@ def poison_loss(
 ) -> dict[str, int]:
     """Make the n-th training loss (validation runs under no_grad and is not counted)
     non-finite where `is_bad(n)`; returns the counter, to reset between runs."""
-    import charlm.train_step as train_module
+    import charlm.training.step as train_module
 
     real = train_module.F.cross_entropy
     calls = {"n": 0}
@@ -213,7 +213,7 @@ def test_device_step_guard_gives_the_host_guards_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cell: str, optimiser: str
 ) -> None:
     calls = poison_loss(monkeypatch, lambda n: n in (4, 5, 9))  # steps 4, 5 and 9 are bad
-    from charlm.train_step import DeviceStepGuard
+    from charlm.training.step import DeviceStepGuard
 
     guarded = {"steps": 0}
     real_step = DeviceStepGuard.step

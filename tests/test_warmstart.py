@@ -15,11 +15,11 @@ from tokenizers import Tokenizer, models
 from torch.nn import functional as F
 
 import charlm
-from charlm.batching import Cursor, StreamBatcher, to_tensors
+from charlm.data.batching import Cursor, StreamBatcher, to_tensors
+from charlm.data.prepare import load_prepared, split_train_val
 from charlm.errors import CheckpointError
-from charlm.metrics import read_metrics
-from charlm.prepare import load_prepared, split_train_val
-from charlm.warmstart import check_vocabulary
+from charlm.rundir.records import read_metrics
+from charlm.training.warmstart import check_vocabulary
 
 NEW_TEXT = pattern_text(seed=4).replace("xyz", "xQz")  # Q: a character the source never saw
 

@@ -1,0 +1,130 @@
+"""The commands that look inside models: `charlm gradients` (the report) and `charlm plot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charlm.cli.app import app, handle_errors, say
+from charlm.cli.options import ConfigOpt, DeviceOpt, JsonOpt, SetOpt, WhichOpt
+
+# The gradients options whose help takes several lines, declared here to keep the command short.
+FreshOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fresh",
+        help="Fresh models to overlay, comma-separated: cells (rnn,gru,lstm,...) or presets "
+        "(irnn, leaky-rnn); --config/--set apply to each.",
+    ),
+]
+AtOpt = Annotated[
+    str,
+    typer.Option(
+        "--at",
+        help="random: random positions; task: the task's scored positions (lag: the key "
+        "after the cue), each window run from its line's start.",
+    ),
+]
+MeasureOpt = Annotated[
+    str,
+    typer.Option(
+        "--measure",
+        help="loss: |d loss_T / d h_(T-k)|; jacobian: the norm of the state Jacobian "
+        "d s_T / d s_(T-k), independent of the loss.",
+    ),
+]
+CheckpointsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoints", help="all, or steps like 100,500: one curve per kept checkpoint."
+    ),
+]
+
+
+@app.command()
+@handle_errors
+def gradients(
+    runs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories (or use --fresh / --config).")
+    ] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="Text to draw windows from.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    fresh: FreshOpt = None,
+    at: AtOpt = "random",
+    measure: MeasureOpt = "loss",
+    norm: Annotated[
+        str, typer.Option("--norm", help="--measure jacobian: spectral or frobenius.")
+    ] = "spectral",
+    checkpoints: CheckpointsOpt = None,
+    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
+    batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
+    json_out: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG here.")] = None,
+    histograms: Annotated[
+        Path | None,
+        typer.Option("--histograms", help="Also draw gate-activation histograms (PNG)."),
+    ] = None,
+    singular_values: Annotated[
+        Path | None,
+        typer.Option("--singular-values", help="Also draw W_hh's singular values (PNG)."),
+    ] = None,
+    device: DeviceOpt = "cpu",
+    which: WhichOpt = "best",
+) -> None:
+    """Gradient of the last step's loss (or the state Jacobian) k steps back, per layer.
+
+    Vanishing gradients show as a norm falling fast with k; exploding ones as a large maximum.
+
+    Examples:
+      charlm gradients --fresh rnn,gru,lstm,irnn --text valid.txt --plot fresh.png
+      charlm gradients runs/rnn runs/lstm --text data/lag20/valid.txt --at task --plot grads.png
+      charlm gradients runs/gru --checkpoints all --measure jacobian --text valid.txt --plot p.png
+    """
+    from charlm.diagnostics.report import gradient_report
+
+    gradient_report(
+        runs,
+        text,
+        config=config,
+        overrides=overrides,
+        fresh=fresh,
+        at=at,
+        measure=measure,
+        norm=norm,
+        checkpoints=checkpoints,
+        max_lag=max_lag,
+        batch=batch,
+        seed=seed,
+        json_out=json_out,
+        plot=plot,
+        histograms=histograms,
+        singular_values=singular_values,
+        device=device,
+        which=which,
+        say=say,
+    )
+
+
+@app.command()
+@handle_errors
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    x: Annotated[
+        str, typer.Option("--x", help="Against step, tokens (trained on) or time (seconds).")
+    ] = "step",
+) -> None:
+    """Training and validation curves (loss, bits per char, gradient norm) of runs overlaid, as
+    a PNG: one colour per run, named in the legend.
+
+    Examples:
+      charlm plot runs/rnn runs/gru runs/lstm --out curves.png
+      charlm plot runs/small runs/big --x time --out by-time.png
+    """
+    from charlm.diagnostics.curves import plot_runs
+
+    say(f"wrote {plot_runs(runs, out, x=x)}")

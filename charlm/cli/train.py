@@ -1,0 +1,181 @@
+"""The commands that make a model: `charlm prepare` (tokenise a corpus) and `charlm train`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charlm.cli.app import app, handle_errors, is_main_process, say
+from charlm.cli.options import ConfigOpt, SetOpt
+
+
+def _refuse_flag_value(text: Path | None) -> None:
+    """`--resume true`: flags take no value, so `true` was read as TEXT; say so."""
+    from charlm.errors import UsageError
+
+    if text is not None and str(text).lower() in ("true", "false") and not text.exists():
+        raise UsageError(
+            f"TEXT '{text}' does not exist; --resume, --force and --quiet take no value: "
+            "write the flag alone (e.g. --resume)"
+        )
+
+
+@app.command()
+@handle_errors
+def prepare(
+    text: Annotated[Path, typer.Argument(help="A .txt file, a folder of .txt files, or a .csv.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for train.bin, val.bin, meta.json.")
+    ],
+    level: Annotated[str | None, typer.Option(help="char, word or bpe [default: char].")] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            help="word/bpe: entries kept, counting specials; word: 0 keeps all [default: 8000]."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Last fraction held out [default: 0.05].")
+    ] = None,
+    val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
+    csv_column: Annotated[
+        str | None, typer.Option(help="CSV column with the text (a .csv input needs it).")
+    ] = None,
+    errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+    lowercase: Annotated[
+        bool | None,
+        typer.Option("--lowercase/--keep-case", help="word: lower-case the text [default: lower]."),
+    ] = None,
+    segments: Annotated[
+        str | None,
+        typer.Option(
+            help="word: sentences (START ... END) or lines (each + <eos>) [default: sentences]."
+        ),
+    ] = None,
+    word_split: Annotated[
+        str | None,
+        typer.Option(
+            help="word: rules (punctuation, clitics) or whitespace (str.split) [default: rules]."
+        ),
+    ] = None,
+) -> None:
+    """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
+
+    Example: charlm prepare ../shared/data/reddit/reddit-comments-2015-08-sample.csv
+    --csv-column body --level word --vocab-size 8000 --out data/reddit
+
+    WikiText-2 as pytorch/examples reads it: charlm prepare ../shared/data/wikitext-2/train.txt
+    --val-file ../shared/data/wikitext-2/valid.txt --level word --vocab-size 0 --keep-case
+    --segments lines --word-split whitespace --out data/wt2
+    """
+    from charlm.config import build_config
+    from charlm.data.prepare import PrepareSettings
+    from charlm.data.prepare import prepare as run_prepare
+    from charlm.data.reading import spooled
+    from charlm.errors import UsageError
+
+    if errors not in ("strict", "replace"):
+        raise UsageError(f"--errors must be strict or replace (got '{errors}')")
+    given = {
+        "level": level,
+        "vocab_size": vocab_size,
+        "val_fraction": val_fraction,
+        "csv_column": csv_column,
+        "lowercase": lowercase,
+        "segments": segments,
+        "word_split": word_split,
+    }
+    # Only the options given: every default comes from DataConfig, as for `charlm train`.
+    config = build_config(
+        overrides=[f"data.{key}={value}" for key, value in given.items() if value is not None]
+    )
+    settings = PrepareSettings.from_config(config.data, val_file=val_file, errors=errors)
+    with spooled(text) as source, spooled(val_file) as val_source:
+        settings = dataclasses.replace(settings, val_file=val_source)
+        meta = run_prepare(source, out, settings)
+    say(
+        f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "
+        f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens"
+    )
+
+
+@app.command()
+@handle_errors
+def train(
+    text: Annotated[
+        Path | None,
+        typer.Argument(help="Text to train on (.txt, folder or .csv); default: built-in."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")] = Path(
+        "runs/default"
+    ),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Prepared data folder (charlm prepare).")
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run in --out.")] = False,
+    val_file: Annotated[
+        Path | None, typer.Option(help="Validation text (else a held-out tail).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    errors: Annotated[
+        str, typer.Option(help="Invalid UTF-8 in TEXT: strict or replace.")
+    ] = "strict",
+    csv_column: Annotated[
+        str | None, typer.Option(help="CSV column with the text (data.csv_column).")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Last fraction held out (data.val_fraction).")
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from", help="Start from this run's (or checkpoint's) weights and vocabulary."
+        ),
+    ] = None,
+    init_keep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--init-keep", help="With --init-from, also keep: optimizer, step (repeatable)."
+        ),
+    ] = None,
+) -> None:
+    """Train a model; Ctrl-C saves a checkpoint, and --resume continues exactly where it stopped.
+
+    Examples:
+      charlm train --config configs/quickstart.yaml --out runs/quick
+      charlm train input.txt --config configs/char-rnn.yaml --out runs/shakespeare --set train.max_steps=500
+      charlm train --out runs/shakespeare --resume --set train.max_steps=5000
+      charlm train new.txt --init-from runs/shakespeare --out runs/tuned --set train.max_steps=300
+    """
+    from charlm.api import train as api_train
+    from charlm.data.reading import spooled
+
+    _refuse_flag_value(text)
+    with spooled(text) as source, spooled(val_file) as val_source:
+        result = api_train(
+            source,
+            out=out,
+            data=data,
+            val_file=val_source,
+            config=config,
+            overrides=overrides or [],
+            resume=resume,
+            force=force,
+            progress=not quiet,
+            errors=errors,
+            csv_column=csv_column,
+            val_fraction=val_fraction,
+            init_from=init_from,
+            init_keep=init_keep or [],
+        )
+    if result.final is not None and not quiet and is_main_process():
+        say(
+            f"done: {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
+            f"nats/token; checkpoints in {out / 'checkpoints'}"
+        )

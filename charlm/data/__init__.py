@@ -1,0 +1,1 @@
+"""Text to ids: corpora, reading text as a stream, tokenizers, prepared data, batching."""

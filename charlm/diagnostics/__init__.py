@@ -1,0 +1,1 @@
+"""Seeing inside: gradient flow, activation probes, the models a figure compares, figures."""

@@ -1,0 +1,1 @@
+"""Using a trained model: sampling, held-out scores, export."""

@@ -1,0 +1,1 @@
+"""The network: the recurrent cells (a registry), the stack, and its regularisers."""

@@ -1,0 +1,1 @@
+"""The run directory: file names, the lock, checkpoints, metrics records, info, averaging."""

@@ -1,0 +1,1 @@
+"""Synthetic long-range tasks: their mask format, the task generators, the curriculum."""

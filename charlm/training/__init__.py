@@ -1,0 +1,1 @@
+"""The training run: the loop, one step, optimisers, schedules, resume, health, display."""
