@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import TINY, cli, train_tiny, write_corpus
 
 
@@ -192,3 +194,36 @@ def test_training_from_prepared_lines_data_takes_its_word_settings(tmp_path: Pat
         and "lowercase: false" in saved
         and "word_split: whitespace" in saved
     )
+
+
+HELP_COMMANDS = [
+    [], ["prepare"], ["train"], ["sample"], ["evaluate"], ["info"], ["gradients"], ["plot"],
+    ["average"], ["export"], ["data"], ["data", "download"], ["data", "list"],
+    ["data", "synth"], ["config"], ["config", "show"], ["config", "list"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "charlm")
+def test_help_text_survives_rich_markup(command: list[str]) -> None:
+    """A `[default: x]` in help text is a rich style tag unless escaped: rich drops it and leaves
+    "char, word or bpe ." behind (issue 26). No help may show such a gap."""
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    gaps = [line for line in result.output.splitlines() if re.search(r"\w \.(\s|$)", line)]
+    assert not gaps, gaps
+
+
+def test_prepare_help_shows_the_data_defaults() -> None:
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+    from charlm.config import DataConfig
+
+    text = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"}).output
+    d = DataConfig()
+    for shown in (d.level, d.vocab_size, d.val_fraction, d.segments, d.word_split, "lower"):
+        assert f"[default: {shown}]" in text

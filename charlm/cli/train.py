@@ -10,6 +10,7 @@ import typer
 
 from charlm.cli.app import app, handle_errors, is_main_process, say
 from charlm.cli.options import ConfigOpt, SetOpt
+from charlm.config import DataConfig
 
 
 def _refuse_flag_value(text: Path | None) -> None:
@@ -23,6 +24,12 @@ def _refuse_flag_value(text: Path | None) -> None:
         )
 
 
+# prepare's options default to None, so the settings come from DataConfig as for `train`; the
+# help shows DataConfig's defaults (the bracket escaped: rich reads [default: x] as a style).
+_DATA = DataConfig()
+_CASE = "lower" if _DATA.lowercase else "keep case"
+
+
 @app.command()
 @handle_errors
 def prepare(
@@ -30,15 +37,19 @@ def prepare(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for train.bin, val.bin, meta.json.")
     ],
-    level: Annotated[str | None, typer.Option(help="char, word or bpe [default: char].")] = None,
+    level: Annotated[
+        str | None, typer.Option(help=f"char, word or bpe \\[default: {_DATA.level}].")
+    ] = None,
     vocab_size: Annotated[
         int | None,
         typer.Option(
-            help="word/bpe: entries kept, counting specials; word: 0 keeps all [default: 8000]."
+            help="word/bpe: entries kept, counting specials; word: 0 keeps all "
+            f"\\[default: {_DATA.vocab_size}]."
         ),
     ] = None,
     val_fraction: Annotated[
-        float | None, typer.Option(help="Last fraction held out [default: 0.05].")
+        float | None,
+        typer.Option(help=f"Last fraction held out \\[default: {_DATA.val_fraction}]."),
     ] = None,
     val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
     csv_column: Annotated[
@@ -47,18 +58,23 @@ def prepare(
     errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
     lowercase: Annotated[
         bool | None,
-        typer.Option("--lowercase/--keep-case", help="word: lower-case the text [default: lower]."),
+        typer.Option(
+            "--lowercase/--keep-case",
+            help=f"word: lower-case the text \\[default: {_CASE}].",
+        ),
     ] = None,
     segments: Annotated[
         str | None,
         typer.Option(
-            help="word: sentences (START ... END) or lines (each + <eos>) [default: sentences]."
+            help="word: sentences (START ... END) or lines (each + <eos>) "
+            f"\\[default: {_DATA.segments}]."
         ),
     ] = None,
     word_split: Annotated[
         str | None,
         typer.Option(
-            help="word: rules (punctuation, clitics) or whitespace (str.split) [default: rules]."
+            help="word: rules (punctuation, clitics) or whitespace (str.split) "
+            f"\\[default: {_DATA.word_split}]."
         ),
     ] = None,
 ) -> None:
