@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from importlib.metadata import requires
 from pathlib import Path
@@ -179,3 +180,53 @@ def test_shell_completion_is_on(tmp_path: Path) -> None:
     assert "charlm.sh" in (tmp_path / ".bashrc").read_text(encoding="utf-8")
     assert complete("charlm config l") == ["list"]
     assert complete("charlm train --config tutorial") == ["tutorial-gru-fast", "tutorial-gru"]
+
+
+def _source_files() -> list[Path]:
+    """The project's files: git's list in a checkout, else everything (e.g. in an sdist)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if listed.returncode == 0 and listed.stdout:
+        return [ROOT / name for name in listed.stdout.split("\0") if name]
+    skip = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", ".hypothesis", "runs"}
+    return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.parts)]
+
+
+def _collected(folder: Path) -> str:
+    """`pytest --collect-only` of `folder`'s tests, importing charlm from `folder` alone."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]  # "N tests collected in S s"
+
+
+@pytest.mark.slow
+def test_the_sdist_collects_every_test_from_itself(tmp_path: Path) -> None:
+    """Distribution packagers run the tests from the sdist: it must carry conftest.py,
+    helpers.py and the fixtures, and its own tests must all collect (with charlm from it)."""
+    src = tmp_path / "src"
+    for path in _source_files():
+        if path.is_file():
+            target = src / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    build = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    out = tmp_path / "dist"
+    made = subprocess.run(
+        [sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    with tarfile.open(out / made.stdout.strip().splitlines()[-1]) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    for needed in ("tests/conftest.py", "tests/helpers.py", "tests/fixtures/old_checkpoints"):
+        assert (unpacked / needed).exists(), needed
+    theirs, ours = _collected(unpacked), _collected(ROOT)
+    assert theirs.split()[0] == ours.split()[0] and "error" not in theirs, (theirs, ours)
