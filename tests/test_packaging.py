@@ -70,6 +70,12 @@ def test_wheel_carries_configs_license_and_our_name(wheel: Path) -> None:
     assert re.search(r"^Name: charlm-rnn$", metadata, re.M)
     assert re.search(r"^License-Expression: MIT$", metadata, re.M)
     assert "charlm = charlm.cli:main" in entry_points
+    assert "charlm/py.typed" in names  # PEP 561: type checkers read the annotations
+    assert re.search(r"^Classifier: Typing :: Typed$", metadata, re.M)
+    assert re.search(r"^Classifier: Operating System :: POSIX :: Linux$", metadata, re.M)
+    from charlm._version import __version__
+
+    assert re.search(rf"^Version: {re.escape(__version__)}$", metadata, re.M)  # one source
     assert len(CONFIGS) >= 6 and not any(n.startswith(("tests/", "configs/")) for n in names)
 
 
