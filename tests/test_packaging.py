@@ -143,6 +143,10 @@ def test_config_list_describes_each_config() -> None:
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["char-rnn"].startswith("karpathy/char-rnn's")
     assert set(lines) == {c.stem for c in CONFIGS}
+    for name, description in lines.items():  # a whole sentence for a user, no tracker talk
+        assert description.strip().endswith("."), (name, description)
+        assert not re.search(r"\bissue \d+", description), (name, description)
+        assert len(description) <= 100, (name, description)
 
 
 def test_lock_pins_every_dependency_within_its_range() -> None:

@@ -80,11 +80,13 @@ def prepare(
 ) -> None:
     """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
 
-    Example: charlm prepare ../shared/data/reddit/reddit-comments-2015-08-sample.csv
+    Example, after `charlm data download reddit` (files go to ~/.cache/charlm):
+    charlm prepare ~/.cache/charlm/reddit/reddit-comments-2015-08.csv
     --csv-column body --level word --vocab-size 8000 --out data/reddit
 
-    WikiText-2 as pytorch/examples reads it: charlm prepare ../shared/data/wikitext-2/train.txt
-    --val-file ../shared/data/wikitext-2/valid.txt --level word --vocab-size 0 --keep-case
+    WikiText-2 as pytorch/examples reads it, after `charlm data download wikitext-2`:
+    charlm prepare ~/.cache/charlm/wikitext-2/train.txt
+    --val-file ~/.cache/charlm/wikitext-2/valid.txt --level word --vocab-size 0 --keep-case
     --segments lines --word-split whitespace --out data/wt2
     """
     from charlm.config import build_config
