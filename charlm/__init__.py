@@ -1,13 +1,10 @@
 """charlm: train, sample and evaluate character- and word-level recurrent language models."""
 
-import sys
-
+# A library leaves the caller's process alone: importing charlm sets no environment variable
+# and no module-wide setting. The command line chooses OpenMP's wait policy for its own process
+# (charlm/cli/__init__.py); through the API libgomp's default holds, the same bound
+# (charlm/system/threads.py, openmp_policy).
 from charlm._version import __version__
-from charlm.system import threads as _threads
-
-# OpenMP reads its wait policy once, when torch loads it: choose before anything imports torch
-# (a user's own OMP_* / GOMP_* setting wins). charlm/system/threads.py says why a bounded spin.
-_threads.OPENMP_POLICY = _threads.set_openmp_defaults(torch_loaded="torch" in sys.modules)
 
 __all__ = ["EvalResult", "LanguageModel", "TrainResult", "__version__", "load", "train"]
 

@@ -1,9 +1,12 @@
 """The Python API: `charlm.load(RUN)` -> LanguageModel (generate, stream, score, encode, decode) and
 `charlm.train(...)`; the CLI's sample, evaluate and train commands are built on it.
 
-Errors are charlm's own (`charlm.errors.CharlmError` and its subclasses), with the one-line
-messages the command line prints. The examples below run as tests (tests/test_api.py) with
-`run` a trained run directory and `held_out` a text file:
+Errors are charlm's own (`charlm.errors.CharlmError` and its subclasses), with one-line
+messages that name the file, the setting or the argument and the way out. An argument the API
+cannot take is also a built-in error: a wrong value raises `charlm.errors.ArgumentError` (a
+`ValueError`), a wrong type `charlm.errors.ArgumentTypeError` (a `TypeError`), each naming the
+Python argument. The examples below run as tests (tests/test_api.py) with `run` a trained run
+directory and `held_out` a text file:
 
 >>> import charlm
 >>> lm = charlm.load(run)
@@ -17,13 +20,21 @@ True
 True
 >>> lm.decode(lm.encode("abc xyz")) == "abc xyz"
 True
+>>> try:
+...     lm.generate(length=-3)
+... except ValueError as error:
+...     print(error)
+length must be at least 1 (got -3)
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import operator
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,21 +42,36 @@ import torch
 from tokenizers import Tokenizer
 
 from charlm.config import RunConfig
-from charlm.data.prepare import read_text
+from charlm.data.reading import TextSource, spooled
 from charlm.data.tokenizer import decode
-from charlm.errors import CharlmError, UsageError, environment_error
+from charlm.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CharlmError,
+    InputTooLarge,
+    UsageError,
+    check_type,
+    environment_error,
+    human_bytes,
+)
 from charlm.inference.evaluate import EvalResult, score_text
 from charlm.inference.sample import SampleOptions, Sampler
 from charlm.model.cells import CELLS
-from charlm.rundir.names import check_which
-from charlm.system.device import cpu_threads
+from charlm.rundir.names import WHICH, check_which
+from charlm.system.device import available_memory, cpu_threads
 from charlm.system.threads import choose_threads, step_macs
 from charlm.training.run import train as run_train
 from charlm.training.trainer import TrainResult
+from charlm.training.warmstart import KEEP_CHOICES
 
 __all__ = ["EvalResult", "LanguageModel", "TrainResult", "load", "train"]
 
 F = TypeVar("F", bound=Any)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ERRORS = ("strict", "replace")  # what reading does with invalid UTF-8
+SCORE_MEMORY_PER_BYTE = 32  # score_file holds the text, its ids and their batches: about this
+# many bytes of memory per byte of the file (char level measures 14; word and BPE take more)
 
 
 def _charlm_errors(func: F) -> F:
@@ -65,6 +91,38 @@ def _charlm_errors(func: F) -> F:
             raise found from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_path(value: object, name: str, caller: str, optional: bool = False) -> None:
+    kinds: tuple[type, ...] = (str, os.PathLike) + ((type(None),) if optional else ())
+    what = "a path (str or pathlib.Path)" + (" or None" if optional else "")
+    check_type(value, kinds, what, name, caller)
+
+
+def _check_choice(value: object, choices: tuple[str, ...], name: str, caller: str) -> None:
+    """`value` must be one of the strings `choices`."""
+    listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+    check_type(value, str, f"a str ({listed})", name, caller)
+    if value not in choices:
+        raise ArgumentError(f"{name} must be {listed} (got {value!r})")
+
+
+def _check_batch_size(value: object, caller: str) -> None:
+    check_type(value, (Integral, type(None)), "an int or None", "batch_size", caller)
+    if value is not None and value < 1:  # type: ignore[operator]
+        raise ArgumentError(f"batch_size must be at least 1 (got {value})")
+
+
+def _check_device(device: object) -> None:
+    """load()'s device: one of DEVICES, and a named accelerator must be there."""
+    _check_choice(device, DEVICES, "device", "load")
+    mps = getattr(torch.backends, "mps", None)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(
+            "device='cuda' but this PyTorch sees no CUDA device; use device='cpu' (or 'auto')"
+        )
+    if device == "mps" and (mps is None or not mps.is_available()):
+        raise ArgumentError("device='mps' but MPS is not available; use device='cpu' (or 'auto')")
 
 
 class LanguageModel:
@@ -116,18 +174,38 @@ class LanguageModel:
         """Token ids as training prepared the text: word level splits sentences (each wrapped in
         SENTENCE_START ... SENTENCE_END, or lines followed by <eos>), lower-cases if the run
         did; what the vocabulary never saw becomes the unknown token."""
+        check_type(text, str, "a str", "text", "encode")
         return [int(i) for i in self._sampler.encoder.encode(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Readable text for ids, as `charlm sample` prints them."""
-        return decode(self.tokenizer, self.level, list(ids))
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise ArgumentTypeError(
+                f"decode() takes ids as an iterable of ints, got {type(ids).__name__}"
+            )
+        values = []  # numpy and torch integers too (anything with __index__), never bools
+        for index, token in enumerate(ids.tolist() if hasattr(ids, "tolist") else ids):
+            try:
+                value = operator.index(token) if not isinstance(token, bool) else None
+            except TypeError:
+                value = None
+            if value is None:
+                raise ArgumentTypeError(
+                    f"decode() takes ids as ints, got {type(token).__name__} at index {index}"
+                )
+            if not 0 <= value < self.vocab_size:
+                raise ArgumentError(
+                    f"ids[{index}] is {value}, outside the vocabulary (0..{self.vocab_size - 1})"
+                )
+            values.append(value)
+        return decode(self.tokenizer, self.level, values)
 
     def generate(self, *args: Any, **kwargs: Any) -> str:
         """Text that starts with `prime` and continues for `length` tokens: `stream`'s pieces
         joined, with its arguments (prime, length, temperature, top_k, top_p, seed, and
         sentences, min_words for word models). The same seed gives the text that
         `charlm sample --seed` prints."""
-        return "".join(self.stream(*args, **kwargs))
+        return "".join(self._stream("generate", *args, **kwargs))
 
     def stream(
         self,
@@ -143,11 +221,21 @@ class LanguageModel:
     ) -> Iterator[str]:
         """The generated text in pieces, each yielded as soon as it is made; the options are
         `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token;
-        seed None draws one, so each call differs)."""
-        options = SampleOptions(
-            prime, length, temperature, top_k, top_p, seed, 1, sentences, min_words
-        )
-        options.validate()  # now, not at the first next()
+        seed None draws one, so each call differs). A prime is a prompt: at most 1,000,000
+        characters (charlm.inference.sample.PRIME_MAX)."""
+        return self._stream(
+            "stream", prime, length, temperature, top_k, top_p, seed,
+            sentences=sentences, min_words=min_words,
+        )  # fmt: skip
+
+    def _stream(self, caller: str, *args: Any, **kwargs: Any) -> Iterator[str]:
+        bound = inspect.signature(LanguageModel.stream).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        given.pop("self")
+        options = SampleOptions(**given)
+        options.validate(caller)  # now, not at the first next()
+        self._sampler.check_memory(options, caller)
         return (piece for _, piece in self.pieces(options))
 
     def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
@@ -181,8 +269,10 @@ class LanguageModel:
         """loss (nats/token), perplexity and bits_per_char of `text` (also tokens, chars):
         the numbers `charlm evaluate` gives for a file holding it. A `mask` file (a synthetic
         task's NAME.mask) scores only the targets it marks and adds the task metrics."""
-        if batch_size is not None and batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        check_type(text, str, "a str", "text", "score")
+        _check_batch_size(batch_size, "score")
+        check_type(source, str, "a str", "source", "score")
+        _check_path(mask, "mask", "score", optional=True)
         with self._threads(batch_size or self.config.train.batch_size):
             return self._score(text, batch_size, source, mask)
 
@@ -212,10 +302,32 @@ class LanguageModel:
         csv_column: str | None = None,
         mask: Path | str | None = None,
     ) -> EvalResult:
-        """`score` of a .txt or .csv file (by default the column the run trained on)."""
+        """`score` of a .txt or .csv file (by default the column the run trained on), a pipe
+        or "-" (standard input, copied to a temporary file once). The text is scored in memory:
+        a file that would need more than the memory available is refused."""
+        _check_path(path, "path", "score_file")
+        _check_batch_size(batch_size, "score_file")
+        _check_choice(errors, ERRORS, "errors", "score_file")
+        check_type(csv_column, (str, type(None)), "a str or None", "csv_column", "score_file")
+        _check_path(mask, "mask", "score_file", optional=True)
         column = csv_column or self.config.data.csv_column
-        raw = read_text(Path(path), errors=errors, csv_column=column)
+        with spooled(Path(path)) as copy:
+            source = TextSource(copy, errors, column)  # type: ignore[arg-type]
+            _check_fits_in_memory(path, source.raw_bytes)
+            raw = source.read()
         return self.score(raw, batch_size=batch_size, source=str(path), mask=mask)
+
+
+def _check_fits_in_memory(path: Path | str, size: int) -> None:
+    """Refuse a text to score whose size suggests more memory than is available."""
+    needed = size * SCORE_MEMORY_PER_BYTE
+    free = available_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise InputTooLarge(
+            f"{path}: {human_bytes(size)} of text needs about {human_bytes(needed)} of memory "
+            f"to score, but {human_bytes(free)} is available; score a part of it "
+            "(split -l) or on a machine with more memory"
+        )
 
 
 # help(lm.generate) shows stream's arguments, which it takes.
@@ -230,6 +342,15 @@ def load(path: Path | str, *, device: str = "auto", which: str = "best") -> Lang
 
     `device` "auto" is the run's own train.device (CUDA, then MPS, then the CPU).
     """
+    _check_path(path, "path", "load")
+    _check_device(device)
+    _check_choice(which, WHICH, "which", "load")
+    return open_model(path, device=device, which=which)
+
+
+@_charlm_errors
+def open_model(path: Path | str, *, device: str = "auto", which: str = "best") -> LanguageModel:
+    """`load` for the command line: its messages name the flags (`--device`, `--checkpoint`)."""
     return LanguageModel(Sampler(Path(path), device=device, which=check_which(which)))
 
 
@@ -261,6 +382,52 @@ def train(
     >>> result.steps, charlm.load(result.run_dir).step
     (10, 10)
     """
+    for name, value in (("text", text), ("config", config), ("data", data),
+                        ("val_file", val_file), ("init_from", init_from)):  # fmt: skip
+        _check_path(value, name, "train", optional=True)
+    _check_path(out, "out", "train")
+    for name, flag in (("resume", resume), ("force", force), ("progress", progress)):
+        check_type(flag, bool, "True or False", name, "train")
+    overrides = _check_items(overrides, "overrides", "a mapping or an iterable of str")
+    init_keep = _check_items(init_keep, "init_keep", "an iterable of str")
+    unknown = [item for item in _items(init_keep) if item not in KEEP_CHOICES]
+    if unknown:
+        raise ArgumentError(
+            f"init_keep items must be {' or '.join(map(repr, KEEP_CHOICES))} (got {unknown[0]!r})"
+        )
+    check_type(csv_column, (str, type(None)), "a str or None", "csv_column", "train")
+    check_type(val_fraction, (Real, type(None)), "a number or None", "val_fraction", "train")
+    _check_choice(errors, ERRORS, "errors", "train")
+    if text is not None and data is not None:
+        raise ArgumentError("pass either text or data, not both")
+    if _items(init_keep) and init_from is None:
+        raise ArgumentError("init_keep needs init_from (the run whose state it keeps)")
+    return train_command(
+        text, out=out, config=config, overrides=overrides, data=data, val_file=val_file,
+        resume=resume, force=force, init_from=init_from, init_keep=_items(init_keep),
+        csv_column=csv_column, val_fraction=val_fraction, errors=errors, progress=progress,
+    )  # fmt: skip
+
+
+@_charlm_errors
+def train_command(
+    text: Path | str | None = None,
+    *,
+    out: Path | str = "runs/default",
+    config: Path | str | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    data: Path | str | None = None,
+    val_file: Path | str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    init_from: Path | str | None = None,
+    init_keep: Iterable[str] = (),
+    csv_column: str | None = None,
+    val_fraction: float | None = None,
+    errors: str = "strict",
+    progress: bool = True,
+) -> TrainResult:
+    """`train` for the command line: its messages name the flags (TEXT, --data, --init-keep)."""
     if text is not None and data is not None:
         raise UsageError("pass either TEXT or --data, not both")
     if init_keep and init_from is None:
@@ -269,20 +436,41 @@ def train(
     shortcuts = [f"data.csv_column={csv_column}"] if csv_column is not None else []
     if val_fraction is not None:
         shortcuts.append(f"data.val_fraction={val_fraction}")
-    return run_train(
-        Path(out),
-        text=_path(text),
-        data_dir=_path(data),
-        val_file=_path(val_file),
-        config_file=_path(config),
-        overrides=[*shortcuts, *items],
-        resume=resume,
-        force=force,
-        show_progress=progress,
-        errors=errors,
-        init_from=_path(init_from),
-        init_keep=tuple(init_keep),
-    )
+    with spooled(_path(text)) as source, spooled(_path(val_file)) as val_source:
+        return run_train(
+            Path(out),
+            text=source,
+            data_dir=_path(data),
+            val_file=val_source,
+            config_file=_path(config),
+            overrides=[*shortcuts, *items],
+            resume=resume,
+            force=force,
+            show_progress=progress,
+            errors=errors,
+            init_from=_path(init_from),
+            init_keep=tuple(init_keep),
+        )
+
+
+def _items(values: Iterable[str]) -> tuple[str, ...]:
+    """A str as one item, else the iterable's items."""
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+def _check_items(values: Any, name: str, what: str) -> Any:
+    """`overrides` / `init_keep` as given if a str or (overrides) a mapping, else its items as
+    a list (read once, so an iterator is not used up), each checked to be a str."""
+    if isinstance(values, str) or (name == "overrides" and isinstance(values, Mapping)):
+        return values
+    check_type(values, Iterable, what, name, "train")
+    items = list(values)
+    for item in items:
+        if not isinstance(item, str):
+            raise ArgumentTypeError(
+                f"train() takes {name} as {what}, got {type(item).__name__} among its items"
+            )
+    return items
 
 
 def _path(value: Path | str | None) -> Path | None:

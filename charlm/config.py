@@ -36,6 +36,11 @@ class DataConfig:
     lowercase: bool = True
     segments: Literal["sentences", "lines"] = "sentences"  # lines: every line ends in <eos>
     word_split: Literal["rules", "whitespace"] = "rules"  # whitespace: str.split(), as given
+    # segments=sentences: where a sentence ends, one of data/tokenizer.py SENTENCE_SPLITS. pysbd
+    # (the pysbd package) reads titles, initials, times and quotes as a reader does; rules (what
+    # runs and data made before this setting used) breaks after every . ! ? but 15 abbreviations,
+    # about 100x faster (docs/results.md, "Sentence splitting"). The tokenizer records it.
+    sentence_split: Literal["pysbd", "rules"] = "pysbd"
 
     def validate(self) -> list[str]:
         problems = []
@@ -503,10 +508,21 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+CONFIG_MAX_BYTES = 1_000_000  # a config is settings, not data: reading stops past this
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file safely; errors name the file and line."""
+    """Parse a YAML file safely; errors name the file and line. At most CONFIG_MAX_BYTES are
+    read, so an endless input (`--config /dev/zero`, a pipe that never ends) is refused."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(CONFIG_MAX_BYTES + 1)
+        if len(data) > CONFIG_MAX_BYTES:
+            raise ConfigError(
+                f"{path}: longer than {CONFIG_MAX_BYTES:,} bytes, the most a config file may "
+                "be; give a config file of settings"
+            )
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -621,7 +637,11 @@ def build_config(
 
 # Settings added after runs were first saved, with the value such a run actually used: a saved
 # config without the key means the old behaviour, not today's default.
-_SAVED_DEFAULTS = {("model", "init"): "charlm", ("model", "nonlinearity"): "tanh"}
+_SAVED_DEFAULTS = {
+    ("model", "init"): "charlm",
+    ("model", "nonlinearity"): "tanh",
+    ("data", "sentence_split"): "rules",
+}
 
 
 def _with_saved_defaults(base: Any) -> Any:

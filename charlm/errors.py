@@ -19,12 +19,28 @@ class UsageError(CharlmError):
     exit_code = 2
 
 
+class ArgumentError(UsageError, ValueError):
+    """An argument with a value it cannot take (also a ValueError): the message names the
+    Python argument from the API (`length must be at least 1 (got -3)`), the option from the
+    command line (`--length must be at least 1 (got -3)`)."""
+
+
+class ArgumentTypeError(UsageError, TypeError):
+    """A Python API argument of a type it cannot take (also a TypeError); the message names the
+    function and the argument (`score() takes text as a str, got int`)."""
+
+
 class ConfigError(UsageError):
     """A config file or `--set` override that cannot be used as written."""
 
 
 class DataError(CharlmError):
     """Input text or prepared data that cannot be read or used."""
+
+
+class InputTooLarge(DataError):
+    """An input past the size charlm reads it to (a prime, a stream copied to disk, a CSV line,
+    a text scored in memory); the message names the input, the limit and the way out."""
 
 
 class CheckpointError(CharlmError):
@@ -46,6 +62,17 @@ class TrainingStopped(CharlmError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def check_type(
+    value: object, kinds: type | tuple[type, ...], what: str, name: str, caller: str
+) -> None:
+    """Refuse `value` unless it is an instance of `kinds` (a bool counts as a number only where
+    `kinds` names bool): ArgumentTypeError "CALLER() takes NAME as WHAT, got TYPE"."""
+    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, allowed) and (bool in allowed or not isinstance(value, bool)):
+        return
+    raise ArgumentTypeError(f"{caller}() takes {name} as {what}, got {type(value).__name__}")
 
 
 # What an OSError from the environment means for the user, by errno: (problem, fix).

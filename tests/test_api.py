@@ -19,9 +19,16 @@ from safetensors.torch import load_file
 
 import charlm
 import charlm.api
+from charlm.config import SEED_MAX
 from charlm.data.prepare import split_train_val
 from charlm.data.tokenizer import SENTENCE_END, SENTENCE_START
-from charlm.errors import CheckpointError, DataError, UsageError
+from charlm.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CheckpointError,
+    DataError,
+    UsageError,
+)
 
 TINY_SETTINGS = {TINY[i + 1].split("=")[0]: TINY[i + 1].split("=")[1] for i in range(0, 16, 2)}
 
@@ -125,9 +132,6 @@ def test_api_errors_are_charlms_with_the_clis_messages(folder: Path, tmp_path: P
     run = folder / "runs" / "mine"
     for call, cli_args, kind in [
         (lambda: charlm.load(tmp_path / "nothing"), ["sample", tmp_path / "nothing"], CheckpointError),
-        (lambda: charlm.load(run).generate(length=0), ["sample", run, "--length", "0"], UsageError),
-        (lambda: charlm.load(run).stream(top_p=2.0), ["sample", run, "--top-p", "2"], UsageError),
-        (lambda: charlm.load(run, which="x"), ["sample", run, "--checkpoint", "x"], UsageError),
         (lambda: charlm.load(run).score("a"), None, DataError),
         (lambda: charlm.train(out=tmp_path / "r", overrides=["model.cell=nope"]),
          ["train", "--out", tmp_path / "r", "--set", "model.cell=nope"], UsageError),
@@ -139,6 +143,104 @@ def test_api_errors_are_charlms_with_the_clis_messages(folder: Path, tmp_path: P
             assert result.exit_code == raised.value.exit_code
             assert result.stderr.strip() == f"charlm: error: {raised.value}"
     assert not (tmp_path / "r").exists()
+
+
+# -- arguments: Python names and built-in types from the API, flags from the CLI (issue 24) ------
+
+
+def _argument_cases(run: Path, tmp_path: Path) -> list:
+    lm = charlm.load(run)
+    return [  # (call, built-in type, message)
+        (lambda: lm.score(123), TypeError, "score() takes text as a str, got int"),
+        (lambda: lm.score("abc", batch_size=0), ValueError, "batch_size must be at least 1 (got 0)"),
+        (lambda: lm.generate(length=-3), ValueError, "length must be at least 1 (got -3)"),
+        (lambda: lm.generate(length="5"), TypeError, "generate() takes length as an int, got str"),
+        (lambda: lm.stream(length=True), TypeError, "stream() takes length as an int, got bool"),
+        (lambda: lm.generate(prime=3), TypeError, "generate() takes prime as a str, got int"),
+        (lambda: lm.generate(seed=1.5), TypeError, "generate() takes seed as an int or None, got float"),
+        (lambda: lm.generate(temperature="hot"), TypeError,
+         "generate() takes temperature as a number, got str"),
+        (lambda: lm.generate(temperature=-1), ValueError,
+         "temperature must be 0 (greedy) or a finite positive number (got -1)"),
+        (lambda: lm.generate(top_k=-2), ValueError, "top_k must be 0 (off) or positive (got -2)"),
+        (lambda: lm.stream(top_p=2.0), ValueError, "top_p must be in (0, 1] (got 2.0)"),
+        (lambda: lm.generate(seed=-1), ValueError, f"seed must be in 0..{SEED_MAX} (got -1)"),
+        (lambda: lm.generate(min_words=-1), ValueError, "min_words must not be negative (got -1)"),
+        (lambda: lm.generate(sentences="yes"), TypeError,
+         "generate() takes sentences as True, False or None, got str"),
+        (lambda: lm.generate(length=10**15), ValueError, "length 1000000000000000 needs about"),
+        (lambda: lm.encode(5), TypeError, "encode() takes text as a str, got int"),
+        (lambda: lm.decode(5), TypeError, "decode() takes ids as an iterable of ints, got int"),
+        (lambda: lm.decode([1, 2.5]), TypeError, "decode() takes ids as ints, got float at index 1"),
+        (lambda: lm.decode([1, 10**6]), ValueError,
+         f"ids[1] is 1000000, outside the vocabulary (0..{lm.vocab_size - 1})"),
+        (lambda: lm.score_file(7), TypeError,
+         "score_file() takes path as a path (str or pathlib.Path), got int"),
+        (lambda: lm.score_file(run, errors="ignore"), ValueError,
+         "errors must be 'strict' or 'replace' (got 'ignore')"),
+        (lambda: charlm.load(None), TypeError,
+         "load() takes path as a path (str or pathlib.Path), got NoneType"),
+        (lambda: charlm.load(run, device="tpu"), ValueError,
+         "device must be 'auto', 'cpu', 'cuda' or 'mps' (got 'tpu')"),
+        (lambda: charlm.load(run, which="x"), ValueError, "which must be 'best' or 'latest' (got 'x')"),
+        (lambda: charlm.train(out=None), TypeError,
+         "train() takes out as a path (str or pathlib.Path), got NoneType"),
+        (lambda: charlm.train(out=tmp_path / "r", resume="yes"), TypeError,
+         "train() takes resume as True or False, got str"),
+        (lambda: charlm.train(out=tmp_path / "r", overrides=[1]), TypeError,
+         "train() takes overrides as a mapping or an iterable of str, got int among its items"),
+        (lambda: charlm.train("a.txt", out=tmp_path / "r", data="d"), ValueError,
+         "pass either text or data, not both"),
+        (lambda: charlm.train(out=tmp_path / "r", init_keep=["step"]), ValueError,
+         "init_keep needs init_from (the run whose state it keeps)"),
+        (lambda: charlm.train(out=tmp_path / "r", init_from=run, init_keep=["x"]), ValueError,
+         "init_keep items must be 'optimizer' or 'step' (got 'x')"),
+        (lambda: charlm.train(out=tmp_path / "r", errors="ignore"), ValueError,
+         "errors must be 'strict' or 'replace' (got 'ignore')"),
+    ] + ([] if torch.cuda.is_available() else [
+        (lambda: charlm.load(run, device="cuda"), ValueError,
+         "device='cuda' but this PyTorch sees no CUDA device; use device='cpu' (or 'auto')"),
+    ])  # fmt: skip
+
+
+def test_api_argument_errors_are_value_and_type_errors_naming_the_argument(
+    folder: Path, tmp_path: Path
+) -> None:
+    for call, builtin, message in _argument_cases(folder / "runs" / "mine", tmp_path):
+        with pytest.raises(builtin) as raised:
+            call()
+        error = raised.value
+        assert str(error).startswith(message), (message, str(error))
+        assert isinstance(error, UsageError) and error.exit_code == 2  # still charlm's own
+        kind = ArgumentError if builtin is ValueError else ArgumentTypeError
+        assert isinstance(error, kind) and "--" not in str(error)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_cli_still_names_its_flags(folder: Path, tmp_path: Path) -> None:
+    run, text = folder / "runs" / "mine", folder / "held_out.txt"
+    for args, message in [
+        (["sample", run, "--length", "0"], "--length must be at least 1 (got 0)"),
+        (["sample", run, "--top-p", "2"], "--top-p must be in (0, 1] (got 2.0)"),
+        (["sample", run, "--top-k", "-2"], "--top-k must be 0 (off) or positive (got -2)"),
+        (["sample", run, "--temperature", "-1"],
+         "--temperature must be 0 (greedy) or a finite positive number (got -1.0)"),
+        (["sample", run, "--checkpoint", "x"], "--checkpoint must be 'best' or 'latest' (got 'x')"),
+        (["sample", run, "--num-samples", "1000000000000"], "--num-samples 1000000000000 x --length 500 needs about"),
+        (["evaluate", run, "--text", text, "--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+        (["evaluate", run, "--text", text, "--errors", "ignore"],
+         "errors 'ignore' must be one of: strict, replace"),
+        (["train", text, "--data", tmp_path, "--out", tmp_path / "r"], "pass either TEXT or --data, not both"),
+        (["train", "--out", tmp_path / "r", "--init-keep", "step"],
+         "--init-keep needs --init-from (the run whose state it keeps)"),
+    ] + ([] if torch.cuda.is_available() else [
+        (["sample", run, "--device", "cuda"],
+         "--device cuda but this PyTorch sees no CUDA device; use --device cpu (or auto)"),
+    ]):  # fmt: skip
+        result = cli(*args, "-q") if args[0] == "train" else cli(*args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert result.stderr.startswith(f"charlm: error: {message}"), (args, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_a_machine_fault_is_the_clis_one_line_error_not_an_oserror(
@@ -200,7 +302,7 @@ def test_the_readme_python_api_examples_run_as_written(folder: Path, tmp_path: P
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "mine").symlink_to(folder / "runs" / "mine")
     programs = readme_blocks("## Python API")
-    assert len(programs) == 2
+    assert len(programs) == 3
     outputs = []
     for program in programs:
         done = subprocess.run(
@@ -219,6 +321,10 @@ def test_the_readme_python_api_examples_run_as_written(folder: Path, tmp_path: P
     steps, best = outputs[1].split()
     assert int(steps) == 30 and float(best) > 0
     assert charlm.load(tmp_path / "runs" / "api-tuned").step == 10
+    value, kind, other = outputs[2].splitlines()  # the exceptions a Python user catches
+    assert value == "length must be at least 1 (got -3)"
+    assert kind == "score() takes text as a str, got int"
+    assert other.startswith("runs/missing: ")
 
 
 def test_overrides_may_be_a_mapping_of_python_values() -> None:

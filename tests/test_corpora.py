@@ -83,6 +83,7 @@ def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("CHARLM_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("CHARLM_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)  # platformdirs follows it on Linux
     assert cache_dir() == Path.home() / ".cache" / "charlm"
 
 

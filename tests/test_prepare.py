@@ -123,11 +123,11 @@ def test_cache_message_on_stderr(
     assert "already prepared" in captured.err
 
 
-def test_interrupted_prepare_never_looks_complete(
+def test_interrupted_prepare_keeps_the_previous_data(
     corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "data"
-    run(corpus_file, out)
+    before = run(corpus_file, out)
     calls = []
     real_encode = Encoder.encode
 
@@ -140,11 +140,9 @@ def test_interrupted_prepare_never_looks_complete(
     monkeypatch.setattr(Encoder, "encode", failing_encode)
     with pytest.raises(KeyboardInterrupt):
         run(corpus_file, out, val_fraction=0.3)
-    assert not (out / "meta.json").exists()
+    # The new files are renamed in only once all are written: the old data is still whole.
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    with pytest.raises(DataError, match="run `charlm prepare"):
-        load_prepared(out)
-    # The leftovers are recognised as prepare's own, so running again just works.
+    assert load_prepared(out).meta == before
     monkeypatch.setattr(Encoder, "encode", real_encode)
     meta = run(corpus_file, out, val_fraction=0.3)
     assert load_prepared(out).meta == meta

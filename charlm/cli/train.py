@@ -77,6 +77,13 @@ def prepare(
             f"\\[default: {_DATA.word_split}]."
         ),
     ] = None,
+    sentence_split: Annotated[
+        str | None,
+        typer.Option(
+            help="word, sentences: pysbd (reads abbreviations, initials, quotes) or rules "
+            f"(15 abbreviations, ~100x faster) \\[default: {_DATA.sentence_split}]."
+        ),
+    ] = None,
 ) -> None:
     """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
 
@@ -105,6 +112,7 @@ def prepare(
         "lowercase": lowercase,
         "segments": segments,
         "word_split": word_split,
+        "sentence_split": sentence_split,
     }
     # Only the options given: every default comes from DataConfig, as for `charlm train`.
     config = build_config(
@@ -171,7 +179,7 @@ def train(
       charlm train --out runs/shakespeare --resume --set train.max_steps=5000
       charlm train new.txt --init-from runs/shakespeare --out runs/tuned --set train.max_steps=300
     """
-    from charlm.api import train as api_train
+    from charlm.api import train_command as api_train
     from charlm.data.reading import spooled
 
     _refuse_flag_value(text)

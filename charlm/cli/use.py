@@ -21,7 +21,10 @@ def sample(
     prime: Annotated[str | None, typer.Option(help="Text to start from.")] = None,
     prime_file: Annotated[
         Path | None,
-        typer.Option("--prime-file", help="Start from this file's text (UTF-8; - reads stdin)."),
+        typer.Option(
+            "--prime-file",
+            help="Start from this file's text (UTF-8, at most 1 MB; - reads stdin).",
+        ),
     ] = None,
     length: Annotated[int, typer.Option(help="Tokens per sample (max words per sentence).")] = 500,
     temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 1.0,
@@ -47,7 +50,7 @@ def sample(
     """
     import secrets
 
-    from charlm.api import load
+    from charlm.api import open_model
     from charlm.errors import UsageError
     from charlm.inference.sample import SampleOptions, read_prime
 
@@ -66,7 +69,7 @@ def sample(
         min_words,
     )
     options.validate()
-    lm = load(run, device=device, which=check_which(which))
+    lm = open_model(run, device=device, which=check_which(which))
     lm.check_memory(options)
     if drawn:
         say(f"charlm: seed {options.seed} (pass --seed {options.seed} for this sample again)")
@@ -107,13 +110,18 @@ def evaluate(
 
     Example: charlm evaluate runs/quick --text held_out.txt --json
     """
-    from charlm.api import load
+    from charlm.api import open_model
     from charlm.data.reading import spooled
+    from charlm.errors import UsageError
     from charlm.tasks.masks import mask_path
 
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if errors not in ("strict", "replace"):  # (the API's message names its argument instead)
+        raise UsageError(f"errors {errors!r} must be one of: strict, replace")
     mask = mask_path(text) if mask_path(text).is_file() else None  # valid.txt -> valid.mask
     with spooled(text) as source:
-        lm = load(run, device=device, which=check_which(which))
+        lm = open_model(run, device=device, which=check_which(which))
         result = lm.score_file(
             source,  # type: ignore[arg-type]
             batch_size=batch_size,

@@ -54,9 +54,16 @@ BUILTIN_MODULES = (
 
 
 def cache_dir() -> Path:
-    """Where downloads and the built-in corpus are kept: $CHARLM_CACHE, else ~/.cache/charlm."""
+    """Where downloads and the built-in corpus are kept: $CHARLM_CACHE, else the platform's
+    cache folder for charlm (platformdirs): $XDG_CACHE_HOME/charlm on Linux, ~/.cache/charlm
+    when that is unset; ~/Library/Caches/charlm on macOS; %LOCALAPPDATA%\\charlm\\Cache on
+    Windows."""
     configured = os.environ.get("CHARLM_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "charlm"
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs  # here: only a download or the built-in corpus needs it
+
+    return Path(platformdirs.user_cache_dir("charlm", appauthor=False))
 
 
 def _module_source(name: str) -> Path | None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from charlm.config import DataConfig
 from charlm.data.corpora import builtin_corpus_text
 from charlm.data.reading import TextSource, find_split, split_chunks
 from charlm.data.tokenizer import (
+    LEGACY_SENTENCE_SPLIT,
     SEGMENTS,
+    SENTENCE_SPLITS,
     WORD_SPLITS,
     Encoder,
     build_tokenizer,
@@ -29,7 +32,13 @@ from charlm.data.tokenizer import (
 )
 from charlm.errors import DataError, UsageError
 from charlm.system.console import progress_bar
-from charlm.system.files import replace_durably
+from charlm.system.files import (
+    fsync_file,
+    refusing,
+    remove_stale_temporaries,
+    replace_durably,
+    temporary_sibling,
+)
 from charlm.tasks.masks import mask_info, mask_path, read_mask
 
 FORMAT_VERSION = 1
@@ -60,6 +69,8 @@ class PrepareSettings:
     lowercase: bool = _DATA.lowercase
     segments: str = _DATA.segments  # sentences: START ... END each | lines: every line + <eos>
     word_split: str = _DATA.word_split  # rules: words, punctuation, clitics | whitespace: split()
+    # segments=sentences: pysbd | rules (meta.json files written before it existed: rules)
+    sentence_split: str = _DATA.sentence_split
 
     @classmethod
     def from_config(
@@ -75,6 +86,7 @@ class PrepareSettings:
             lowercase=data.lowercase,
             segments=data.segments,
             word_split=data.word_split,
+            sentence_split=data.sentence_split,
         )
 
     def validate(self) -> None:
@@ -91,6 +103,11 @@ class PrepareSettings:
             raise UsageError(
                 f"word_split {self.word_split!r} must be one of: {', '.join(WORD_SPLITS)}"
             )
+        if self.sentence_split not in SENTENCE_SPLITS:
+            raise UsageError(
+                f"sentence_split {self.sentence_split!r} must be one of: "
+                + ", ".join(SENTENCE_SPLITS)
+            )
         if self.level == "bpe" and self.vocab_size < 1:
             raise UsageError(f"vocab_size {self.vocab_size} must be positive")
         if self.val_file is None and not 0.0 < self.val_fraction < 1.0:
@@ -105,7 +122,8 @@ class PrepareSettings:
         """The settings as JSON-ready values (paths as str).
 
         meta.json files written before lowercase, segments and word_split existed lack them;
-        they were made with the defaults.
+        they were made with the defaults. Those written before sentence_split lack it: they
+        were made with "rules" (LEGACY_SENTENCE_SPLIT), as their tokenizer.json says.
         """
         return {
             key: str(value) if isinstance(value, Path) else value
@@ -169,6 +187,15 @@ def _cache_key(
     for name in _WORD_ONLY:
         if settings.level != "word" or getattr(settings, name) == _DEFAULTS[name]:
             del payload["settings"][name]
+    # The sentence splitter changes the ids only where sentences are split. It joins the key
+    # unless it is the rule that data made before it existed used, so such data is never
+    # reused for pysbd's split, and asking for the rule still finds it.
+    if (
+        settings.level != "word"
+        or settings.segments != "sentences"
+        or settings.sentence_split == LEGACY_SENTENCE_SPLIT
+    ):
+        del payload["settings"]["sentence_split"]
     if vocabulary_sha256 is not None:  # encoded with a given vocabulary (train --init-from)
         payload["vocabulary"] = vocabulary_sha256
     if mask is not None:  # only then: data without a mask keeps the key it always had
@@ -254,7 +281,8 @@ def _write_ids(
             ids = encoder.encode(chunk)
             if ids.size:
                 counts[part][1] = max(counts[part][1], int(ids.max()))
-                ids.astype(dtype).tofile(files[part])
+                # write, not tofile: a full disk is then an OSError with its errno
+                files[part].write(ids.astype(dtype).tobytes())
                 if unknown_id is not None:
                     counts[part][2] += int(np.count_nonzero(ids == unknown_id))
             counts[part][0] += int(ids.size)
@@ -367,14 +395,12 @@ def prepare(
     if plan.reuse:
         report.line(f"{out_dir}: already prepared from the same input and settings; reusing it")
         return plan.existing_meta  # type: ignore[return-value]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # From here on the folder is being rewritten: without meta.json it never looks complete.
-    (out_dir / META_FILE).unlink(missing_ok=True)
     if plan.vocabulary is not None:
         tokenizer = Tokenizer.from_str(plan.vocabulary)
     else:
         tokenizer = _train_tokenizer(inputs, settings, report)
-    meta = _write_prepared(out_dir, inputs, tokenizer, plan, report)
+    with refusing(out_dir, "choose another output folder"):
+        meta = _write_folder(out_dir, inputs, tokenizer, plan, report)
     report.line(
         f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
         f"vocabulary {meta['vocab_size']:,} ({settings.level})"
@@ -468,7 +494,29 @@ def _train_tokenizer(inputs: _Inputs, settings: PrepareSettings, report: _Report
             lowercase=settings.lowercase,
             segments=settings.segments,
             word_split=settings.word_split,
+            sentence_split=settings.sentence_split,
         )
+
+
+def _write_folder(
+    out_dir: Path, inputs: _Inputs, tokenizer: Tokenizer, plan: PreparePlan, report: _Reporter
+) -> dict:
+    """A new `out_dir` is written as a temporary sibling folder and renamed into place: a
+    killed prepare leaves no `out_dir` (the next one removes the temporary). An existing one
+    keeps its complete files until the new ones are all written (`_write_prepared`)."""
+    if out_dir.exists():
+        return _write_prepared(out_dir, inputs, tokenizer, plan, report)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    building = temporary_sibling(out_dir)
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        building.mkdir()
+        meta = _write_prepared(building, inputs, tokenizer, plan, report)
+        replace_durably(building, out_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return meta
 
 
 def _write_prepared(
@@ -483,8 +531,8 @@ def _write_prepared(
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)
-    temps = {name: out_dir / f".{name}.tmp" for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE)}
-    temps[META_FILE] = out_dir / f".{META_FILE}.tmp"
+    names = (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, TRAIN_MASK, VAL_MASK, META_FILE)
+    temps = {name: out_dir / f".{name}.tmp" for name in names}
     cut, total_chars = inputs.cut, inputs.total_chars
     try:
         paths = [temps[TRAIN_FILE], temps[VAL_FILE]]
@@ -533,26 +581,32 @@ def _write_prepared(
             meta["vocabulary_sha256"] = _sha256(plan.vocabulary)
         if inputs.masks is not None:
             meta["task"] = inputs.masks.info
-            _write_masks(out_dir, inputs.masks, counts[TRAIN_FILE][0], counts[VAL_FILE][0])
+            _write_masks(temps, inputs.masks, counts[TRAIN_FILE][0], counts[VAL_FILE][0])
         temps[META_FILE].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for name in (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, META_FILE):
-            replace_durably(temps[name], out_dir / name)
+        _put_in_place(out_dir, temps)
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
     return meta
 
 
-def _write_masks(out_dir: Path, masks: _Masks, train_tokens: int, val_tokens: int) -> None:
+def _write_masks(temps: dict[str, Path], masks: _Masks, train_tokens: int, val_tokens: int) -> None:
     if (len(masks.train), len(masks.val)) != (train_tokens, val_tokens):
         raise DataError("the mask does not line up with the ids (one byte per character)")
     for name, mask in ((TRAIN_MASK, masks.train), (VAL_MASK, masks.val)):
-        temp = out_dir / f".{name}.tmp"
-        try:
-            mask.astype(np.uint8).tofile(temp)
-            replace_durably(temp, out_dir / name)
-        finally:
-            temp.unlink(missing_ok=True)
+        temps[name].write_bytes(mask.astype(np.uint8).tobytes())
+
+
+def _put_in_place(out_dir: Path, temps: dict[str, Path]) -> None:
+    """Rename the written temporaries over the old files, meta.json last. Until here an older
+    prepared dataset in `out_dir` stayed complete (a kill while encoding leaves it usable);
+    from its meta.json's removal on, the folder never looks complete until the new one lands."""
+    written = [name for name, temp in temps.items() if temp.exists()]
+    for name in written:
+        fsync_file(temps[name])
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    for name in written:
+        replace_durably(temps[name], out_dir / name)
 
 
 def _open_ids(path: Path, dtype: np.dtype, tokens: int) -> np.ndarray:

@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import csv
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -15,11 +16,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from charlm.errors import DataError, UsageError, environment_error
+from charlm.errors import DataError, InputTooLarge, UsageError, environment_error, human_bytes
 
 READ_BYTES = 4 << 20  # raw bytes read from a file at a time
 CSV_PIECE_CHARS = 1 << 20  # CSV documents are handed on in pieces of about this size
+CSV_FIELD_CHARS = 64 << 20  # the longest CSV line or field read (a document, not a corpus)
+SPOOL_SHARE = 0.5  # a stream may fill at most this share of the temporary folder's free space
 _UTF8_BOM = b"\xef\xbb\xbf"
 _NON_SPACE = re.compile(r"\S")
 
@@ -89,14 +93,17 @@ def _file_text(
                 return
 
 
-def _lines(pieces: Iterable[str]) -> Iterator[str]:
-    """The text of `pieces` as lines, each with its "\\n" (the last one may lack it)."""
+def _lines(pieces: Iterable[str], name: str) -> Iterator[str]:
+    """The text of `pieces` as lines, each with its "\\n" (the last one may lack it); a line
+    longer than CSV_FIELD_CHARS is refused rather than held."""
     rest = ""
     for piece in pieces:
         text = rest + piece
         end = text.rfind("\n") + 1
         if not end:
             rest = text
+            if len(rest) > CSV_FIELD_CHARS:
+                raise _too_long(name, "a line")
             continue
         rest = text[end:]
         lines = text[:end].split("\n")
@@ -114,11 +121,10 @@ def _csv_text(pieces: Iterable[str], name: str, column: str | None) -> Iterator[
             f"{name}: a CSV input needs its text column named: --csv-column NAME (charlm "
             "prepare) or --set data.csv_column=NAME (charlm train)"
         )
-    # Comments can be far longer than the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(_lines(pieces))
+    reader = csv.reader(_lines(pieces, name))
+    rows = _limited_rows(reader)
     try:
-        header = next(reader, None)
+        header = next(rows, None)
         if header is None:
             raise DataError(f"{name}: the CSV file has no header row; add one naming the columns")
         if column not in header:
@@ -129,7 +135,7 @@ def _csv_text(pieces: Iterable[str], name: str, column: str | None) -> Iterator[
         index = header.index(column)
         batch: list[str] = []
         size, first = 0, True
-        for row in reader:
+        for row in rows:
             if len(row) > index and row[index].strip():
                 batch.append(row[index] if first else "\n" + row[index])
                 size += len(batch[-1])
@@ -140,7 +146,32 @@ def _csv_text(pieces: Iterable[str], name: str, column: str | None) -> Iterator[
         if batch:
             yield "".join(batch)
     except csv.Error as error:
+        if "field larger than field limit" in str(error):
+            raise _too_long(name, f"the field at line {reader.line_num}") from None
         raise DataError(f"{name}: unreadable CSV at line {reader.line_num} ({error})") from None
+
+
+def _limited_rows(reader: Iterator[list[str]]) -> Iterator[list[str]]:
+    """The rows of `reader`, each parsed under a field limit of CSV_FIELD_CHARS: comments can be
+    far longer than the csv module's default 128 KiB. The limit is the whole process's, so it is
+    raised only while a row is parsed and the caller's value is back before the row is handed
+    on (and on any error): other CSV readers, and the caller between rows, never see it."""
+    while True:
+        saved = csv.field_size_limit(CSV_FIELD_CHARS)
+        try:
+            row = next(reader, None)
+        finally:
+            csv.field_size_limit(saved)
+        if row is None:
+            return
+        yield row
+
+
+def _too_long(name: str, what: str) -> InputTooLarge:
+    return InputTooLarge(
+        f"{name}: {what} is longer than {CSV_FIELD_CHARS:,} characters, the most a CSV line "
+        "or field may be (an unclosed quote?); fix the CSV or give the text as a .txt file"
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -342,13 +373,52 @@ def is_stream(path: Path) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
+def spool_limit(folder: Path) -> int:
+    """The most a stream may copy into `folder`: SPOOL_SHARE of the free space there, so that
+    an endless one (`yes |`) stops with room left for what is made from it."""
+    return int(shutil.disk_usage(folder).free * SPOOL_SHARE)
+
+
+def _refuse_device(path: Path, source: BinaryIO) -> None:
+    """A character device other than a terminal (/dev/urandom, /dev/zero, /dev/null) is no
+    text, and most never end: refused, as the path or as standard input (`- < /dev/zero`)."""
+    try:
+        fileno = source.fileno()
+        mode = os.fstat(fileno).st_mode
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return  # not a file descriptor (a test's stand-in for stdin)
+    if stat.S_ISCHR(mode) and not os.isatty(fileno):
+        what = "standard input is a device" if str(path) == "-" else "a device"
+        raise DataError(
+            f"{path}: {what} (like /dev/urandom, which never ends), not a text; give a text "
+            "file or a pipe"
+        )
+
+
+def _copy_stream(path: Path, source: BinaryIO, copy: Path) -> None:
+    """Copy `source` into `copy` up to `spool_limit`; past it, refuse (the copy is removed)."""
+    limit = spool_limit(copy.parent)
+    written = 0
+    with open(copy, "wb") as target:
+        while block := source.read(READ_BYTES):
+            written += len(block)
+            if written > limit:
+                raise InputTooLarge(
+                    f"{path}: the stream is longer than {human_bytes(limit)}, the most it is "
+                    f"copied to ({SPOOL_SHARE:.0%} of the free space in {copy.parent.parent}); "
+                    "save it to a file and give that, or set TMPDIR to a folder with more room"
+                )
+            target.write(block)
+
+
 @contextlib.contextmanager
 def spooled(path: Path | None) -> Iterator[Path | None]:
     """`path` itself, or for a stream (`is_stream`) a temporary copy read from it once.
 
     Preparing and evaluating read their input several times (a scan, the split, the
     tokenizer, the encoding); a stream would be empty from the second read on. The copy keeps
-    the stream's file name (so a FIFO named *.csv is read as CSV) and is removed afterwards.
+    the stream's file name (so a FIFO named *.csv is read as CSV), is removed afterwards, and
+    is bounded (`spool_limit`); a device such as /dev/urandom is refused.
     """
     if path is None or not is_stream(Path(path)):
         yield path
@@ -361,8 +431,8 @@ def spooled(path: Path | None) -> Iterator[Path | None]:
                 source = (
                     sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
                 )
-                with open(copy, "wb") as target:
-                    shutil.copyfileobj(source, target, READ_BYTES)
+                _refuse_device(Path(path), source)
+                _copy_stream(Path(path), source, copy)
         except OSError as error:  # a full disk under the copy is named as such
             found = environment_error(error)
             raise found or DataError(f"{path}: cannot read it ({error.strerror})") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -33,6 +34,16 @@ LINE_END = "<eos>"
 LINE_SPECIALS = (LINE_END, UNKNOWN_TOKEN)
 SEGMENTS = ("sentences", "lines")
 WORD_SPLITS = ("rules", "whitespace")
+# Where segments="sentences" ends a sentence (docs/results.md, "Sentence splitting"). pysbd: the
+# pysbd package (rule-based sentence boundary disambiguation, pure Python, nothing downloaded)
+# decides at each place the rule below offers; rules: that rule alone, with 15 abbreviations
+# (charlm 0.x's splitter, still what a word tokenizer that records no splitter uses).
+SENTENCE_SPLITS = ("pysbd", "rules")
+LEGACY_SENTENCE_SPLIT = "rules"  # a word tokenizer or prepared data that names none used this
+# A word tokenizer built with sentence_split="pysbd" says so in its post-processor: an entry
+# of this name among TemplateProcessing's special tokens, which no template uses, so encoding
+# and tokenizer.json's other readers (transformers) are unchanged; its absence means "rules".
+_SENTENCE_SPLIT_MARK = "charlm:sentence_split="
 
 # Words, numbers (3.14, 1,000), English clitics ('s, 't, 're, ...), single punctuation marks, and
 # WikiText's own "<unk>" kept whole. Applied after lower-casing and splitting on whitespace, so
@@ -54,26 +65,100 @@ def check_level(level: str) -> str:
     return level
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences: at every line break and after . ! ? followed by whitespace.
+def split_sentences(text: str, splitter: str = "pysbd") -> list[str]:
+    """Split text into sentences: at every line break, and inside a line where `splitter` ends
+    a sentence. Lines are stripped; empty sentences are dropped.
 
-    A rule, not a parser: common abbreviations (Mr., e.g., ...) do not end a sentence, anything
-    else ending in a full stop does. Empty sentences are dropped.
+    Both splitters break only after . ! or ? (maybe followed by a closing quote or bracket) and
+    whitespace, never inside a word, a number or a URL. "rules" breaks at every such place
+    unless the word before is one of 15 common abbreviations (Mr., e.g., ...): "The U.S. Army"
+    becomes two sentences. "pysbd" keeps the places where pysbd ends a sentence: titles,
+    initials, times (5 p.m.), abbreviations, decimals and quotes read as a reader reads them.
     """
+    if splitter not in SENTENCE_SPLITS:
+        raise UsageError(
+            f"sentence_split {splitter!r} must be one of: {', '.join(SENTENCE_SPLITS)}"
+        )
     sentences: list[str] = []
     for line in text.splitlines():
-        pieces = _SENTENCE_BREAK.split(line.strip())
-        pending = ""
-        for piece in pieces:
-            pending = f"{pending} {piece}" if pending else piece
-            last_word = pending.rsplit(None, 1)[-1].lower() if pending else ""
-            if last_word not in _ABBREVIATIONS:
-                if pending:
-                    sentences.append(pending)
-                pending = ""
-        if pending:
-            sentences.append(pending)
+        line = line.strip()
+        if not line:
+            continue
+        if splitter == "rules":
+            sentences += _split_by_rules(line)
+            continue
+        breaks = [match.span() for match in _SENTENCE_BREAK.finditer(line)]
+        start = 0
+        # Most lines offer no place at all (a title, a one-sentence comment): pysbd is skipped.
+        for cut, resume in _pysbd_breaks(line, breaks) if breaks else ():
+            sentences.append(line[start:cut])
+            start = resume
+        sentences.append(line[start:])
     return sentences
+
+
+def _split_by_rules(line: str) -> list[str]:
+    """sentence_split="rules" on one stripped line."""
+    sentences: list[str] = []
+    pending = ""
+    for piece in _SENTENCE_BREAK.split(line):
+        pending = f"{pending} {piece}" if pending else piece
+        last_word = pending.rsplit(None, 1)[-1].lower() if pending else ""
+        if last_word not in _ABBREVIATIONS:
+            if pending:
+                sentences.append(pending)
+            pending = ""
+    if pending:
+        sentences.append(pending)
+    return sentences
+
+
+# pysbd's time grows faster than the length of what it is given (about 0.1 MB/s on lines of
+# a few hundred characters, 0.016 MB/s on one line of 110,000, measured on the Reddit sample):
+# a long line is handed over in windows of PYSBD_WINDOW characters, each starting where pysbd
+# ended a sentence; its decisions in the last PYSBD_MARGIN characters, which lack what follows,
+# are made again in the next window.
+PYSBD_WINDOW = 2000
+PYSBD_MARGIN = 500
+
+
+def _pysbd_breaks(line: str, breaks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Those of `breaks` (the spans of whitespace after a candidate sentence end) at which
+    pysbd ends a sentence of `line`."""
+    import pysbd  # here: only word-level sentence splitting needs it
+
+    segmenter = pysbd.Segmenter(language="en", clean=False)  # one per call: it keeps state
+    kept: list[tuple[int, int]] = []
+    start, first = 0, 0  # the window's start; the first of `breaks` not judged yet
+    while first < len(breaks):
+        end = min(len(line), start + PYSBD_WINDOW)
+        limit = len(line) if end == len(line) else end - PYSBD_MARGIN
+        ends = _segment_ends(segmenter, line, start, end)
+        next_start = limit
+        while first < len(breaks) and breaks[first][0] < limit:
+            cut, resume = breaks[first]
+            first += 1
+            # pysbd's sentence ends at the mark (or its closing quote), before the whitespace.
+            if any(position in ends for position in range(cut - 1, resume + 1)):
+                kept.append((cut, resume))
+                next_start = resume
+        start = next_start if next_start > start else limit
+    return kept
+
+
+def _segment_ends(segmenter: object, line: str, start: int, end: int) -> set[int]:
+    """Where pysbd's sentences of line[start:end] end (offsets into `line`, trailing whitespace
+    excluded). Each sentence is found in the text, so one that pysbd changed is ignored."""
+    window = line[start:end]
+    ends: set[int] = set()
+    position = 0
+    for sentence in segmenter.segment(window):  # type: ignore[attr-defined]
+        sentence = sentence.strip()
+        found = window.find(sentence, position) if sentence else -1
+        if found >= 0:
+            position = found + len(sentence)
+            ends.add(start + position)
+    return ends
 
 
 def split_lines(text: str) -> list[str]:
@@ -95,13 +180,15 @@ def build_tokenizer(
     lowercase: bool = True,
     segments: str = "sentences",
     word_split: str = "rules",
+    sentence_split: str = "pysbd",
 ) -> Tokenizer:
     """Train a tokenizer of `level` on the text; `vocab_size` caps word/bpe (specials included).
 
     char ignores `vocab_size`: its vocabulary is `<unk>` (id 0) plus every code point of the text,
-    sorted. word: `vocab_size` 0 keeps every word of the text; `lowercase`, `segments` and
-    `word_split` are stored in the tokenizer, so Encoder and StreamDecoder follow them. The
-    chunks are read once, so a generator is fine.
+    sorted. word: `vocab_size` 0 keeps every word of the text; `lowercase`, `segments`,
+    `word_split` and (with segments="sentences") `sentence_split` are stored in the tokenizer,
+    so Encoder and StreamDecoder follow them. The vocabulary does not depend on the sentence
+    splitter: it counts words. The chunks are read once, so a generator is fine.
     """
     check_level(level)
     if level == "char":
@@ -113,7 +200,11 @@ def build_tokenizer(
             raise UsageError(f"segments {segments!r} must be one of: {', '.join(SEGMENTS)}")
         if word_split not in WORD_SPLITS:
             raise UsageError(f"word_split {word_split!r} must be one of: {', '.join(WORD_SPLITS)}")
-        return _build_word(text_chunks, vocab_size, lowercase, segments, word_split)
+        if sentence_split not in SENTENCE_SPLITS:
+            raise UsageError(
+                f"sentence_split {sentence_split!r} must be one of: {', '.join(SENTENCE_SPLITS)}"
+            )
+        return _build_word(text_chunks, vocab_size, lowercase, segments, word_split, sentence_split)
     if vocab_size < 1:
         raise UsageError(f"vocab_size {vocab_size} is too small; use a positive number")
     return _build_bpe(text_chunks, vocab_size)
@@ -144,7 +235,12 @@ def _build_char(text_chunks: Iterable[str]) -> Tokenizer:
 
 
 def _build_word(
-    text_chunks: Iterable[str], vocab_size: int, lowercase: bool, segments: str, word_split: str
+    text_chunks: Iterable[str],
+    vocab_size: int,
+    lowercase: bool,
+    segments: str,
+    word_split: str,
+    sentence_split: str = LEGACY_SENTENCE_SPLIT,
 ) -> Tokenizer:
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN_TOKEN))
     if lowercase:
@@ -178,10 +274,13 @@ def _build_word(
         )
         return tokenizer
     start, end = (tokenizer.token_to_id(t) for t in (SENTENCE_START, SENTENCE_END))
+    specials: list = [(SENTENCE_START, start), (SENTENCE_END, end)]
+    if sentence_split != LEGACY_SENTENCE_SPLIT:  # recorded (the legacy rule is recorded by none)
+        mark = _SENTENCE_SPLIT_MARK + sentence_split
+        specials.append({"id": mark, "ids": [end], "tokens": [SENTENCE_END]})
     # Every sentence encoded alone comes back wrapped in SENTENCE_START ... SENTENCE_END.
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{SENTENCE_START} $A {SENTENCE_END}",
-        special_tokens=[(SENTENCE_START, start), (SENTENCE_END, end)],
+        single=f"{SENTENCE_START} $A {SENTENCE_END}", special_tokens=specials
     )
     return tokenizer
 
@@ -232,6 +331,26 @@ def tokenizer_level(tokenizer: Tokenizer) -> str:
 def _word_end_token(tokenizer: Tokenizer) -> str:
     """SENTENCE_END, or LINE_END for a tokenizer built with segments="lines" (no start token)."""
     return SENTENCE_END if tokenizer.token_to_id(SENTENCE_START) is not None else LINE_END
+
+
+def sentence_splitter(tokenizer: Tokenizer) -> str | None:
+    """The sentence splitter a word tokenizer with segments="sentences" encodes with: the one
+    it records, else LEGACY_SENTENCE_SPLIT (a tokenizer from before the setting, whose runs and
+    prepared data keep encoding as they were made); None for one that splits no sentences."""
+    if tokenizer_level(tokenizer) != "word" or tokenizer.token_to_id(SENTENCE_START) is None:
+        return None
+    processor = tokenizer.post_processor
+    state = json.loads(processor.__getstate__()) if processor is not None else {}
+    for name in state.get("special_tokens", {}):
+        if name.startswith(_SENTENCE_SPLIT_MARK):
+            recorded = name[len(_SENTENCE_SPLIT_MARK) :]
+            if recorded not in SENTENCE_SPLITS:
+                raise DataError(
+                    f"the tokenizer splits sentences with {recorded!r}, which this charlm "
+                    f"does not know (it knows {', '.join(SENTENCE_SPLITS)}); upgrade charlm"
+                )
+            return recorded
+    return LEGACY_SENTENCE_SPLIT
 
 
 def _splits_at_whitespace(tokenizer: Tokenizer) -> bool:
@@ -317,6 +436,7 @@ class Encoder:
         if level == "word":
             self._by_lines = tokenizer.token_to_id(SENTENCE_START) is None
             self._by_whitespace = _splits_at_whitespace(tokenizer)
+            self._sentence_split = sentence_splitter(tokenizer) or LEGACY_SENTENCE_SPLIT
 
     @staticmethod
     def _make_char_table(tokenizer: Tokenizer) -> np.ndarray:
@@ -338,7 +458,10 @@ class Encoder:
             table = self._char_table
             return table[np.minimum(_code_points(text), len(table) - 1)]
         if self.level == "word":
-            pieces = split_lines(text) if self._by_lines else split_sentences(text)
+            if self._by_lines:
+                pieces = split_lines(text)
+            else:
+                pieces = split_sentences(text, self._sentence_split)
             if self._by_whitespace:
                 # str.split(), exactly as the tokenizer was trained (see _build_word).
                 words = [piece.split() for piece in pieces]

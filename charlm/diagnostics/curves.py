@@ -8,7 +8,13 @@ from typing import Any
 
 from charlm.errors import DataError, UsageError
 from charlm.rundir.records import read_metrics
-from charlm.system.files import replace_durably, temporary_sibling
+from charlm.system.files import (
+    check_destination,
+    refusing,
+    remove_stale_temporaries,
+    replace_durably,
+    temporary_sibling,
+)
 
 
 def _pyplot() -> Any:
@@ -24,11 +30,14 @@ def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"{out}: the figure is written as PNG; give a name ending in .png")
+    check_destination(out, "choose another name for the figure")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a killed plot's
     temp = temporary_sibling(out)
     try:
-        fig.savefig(temp, dpi=90, format="png")  # a killed plot leaves no half-drawn PNG
-        replace_durably(temp, out)
+        with refusing(out, "choose another name for the figure"):
+            fig.savefig(temp, dpi=90, format="png")  # a killed plot leaves no half-drawn PNG
+            replace_durably(temp, out)
     finally:
         temp.unlink(missing_ok=True)
         _pyplot().close(fig)

@@ -18,6 +18,7 @@ from charlm.diagnostics.subjects import Subject, fresh_subjects, run_subjects, t
 from charlm.errors import UsageError
 from charlm.rundir.names import check_which
 from charlm.system.device import resolve_device
+from charlm.system.files import check_destination
 
 Say = Callable[[str], None]
 
@@ -119,6 +120,7 @@ def check_gradient_options(
     for png in pngs:
         if png.suffix.lower() != ".png":
             raise UsageError(f"{png}: the figure is written as PNG; give a name ending in .png")
+        check_destination(png, "choose another name for the figure")  # before measuring
 
 
 def gradient_subjects(

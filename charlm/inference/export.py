@@ -6,7 +6,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,13 @@ from charlm.errors import CharlmError, UsageError
 from charlm.model.cells import CELLS
 from charlm.model.network import RNNLanguageModel
 from charlm.rundir.checkpoint import LoadedCheckpoint, load_checkpoint
-from charlm.system.files import replace_durably
+from charlm.system.files import (
+    check_destination,
+    refusing,
+    remove_stale_temporaries,
+    replace_durably,
+    temporary_sibling,
+)
 
 FORMATS = ("torchscript", "onnx")
 EXPORT_FORMAT = "charlm-step"
@@ -28,6 +33,7 @@ EXPORT_VERSION = 1
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra: export, run, check
 TOLERANCE = 1e-5  # largest |logit| difference from charlm's own step that an export may show
 _CHECK_STEPS = 8
+_ELSEWHERE = "choose another --out"  # what to do when --out cannot be written
 
 
 class StepGraph(nn.Module):
@@ -95,20 +101,24 @@ def export_checkpoint(
         raise UsageError(f"{out}: is a folder; --out names the file to write")
     if out.exists() and not force:
         raise UsageError(f"{out}: already exists; pass --force to replace it, or pick a new --out")
+    check_destination(out, _ELSEWHERE)
     loaded = load_checkpoint(run, which)
     graph = StepGraph(loaded.build_model("cpu")).eval()
     info = describe(loaded)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    remove_stale_temporaries(out)  # a killed export's; they never block this one
+    tmp = temporary_sibling(out)  # `out` appears whole, or not at all, even on kill -9
     try:
-        runner = _WRITERS[fmt](graph, info, loaded.tokenizer_json, tmp)
+        with refusing(out, _ELSEWHERE):
+            runner = _WRITERS[fmt](graph, info, loaded.tokenizer_json, tmp)
         difference = _max_difference(graph, runner, info)
         if not difference <= TOLERANCE:
             raise CharlmError(
                 f"{out}: the exported {fmt} step differs from charlm's by {difference:.2e} "
                 f"(more than {TOLERANCE:g}); nothing was written"
             )
-        replace_durably(tmp, out)
+        with refusing(out, _ELSEWHERE):
+            replace_durably(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, difference, _CHECK_STEPS)
@@ -144,7 +154,10 @@ def _write_torchscript(graph: StepGraph, info: dict, tokenizer_json: str, path: 
     extra = {"charlm.json": json.dumps(info), "tokenizer.json": tokenizer_json}
     with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(graph, _example(info, 1), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files=extra)
+        # Through a file object torch serialises in memory and Python writes the bytes: a full
+        # disk is an OSError. Given a name, its C++ writer aborts the process instead.
+        with open(path, "wb") as file:
+            torch.jit.save(traced, file, _extra_files=extra)
         reloaded = torch.jit.load(str(path), map_location="cpu")  # what a user of the file runs
     return lambda token, state: reloaded(token, state)
 

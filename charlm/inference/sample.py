@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 
 import torch
@@ -14,10 +16,39 @@ from tokenizers import Tokenizer
 
 from charlm.config import SEED_MAX
 from charlm.data.tokenizer import Encoder, StreamDecoder, special_ids
-from charlm.errors import DataError, UsageError, environment_error, human_bytes
+from charlm.errors import (
+    ArgumentError,
+    DataError,
+    InputTooLarge,
+    UsageError,
+    check_type,
+    environment_error,
+    human_bytes,
+)
 from charlm.model.network import LeanStepper, State
 from charlm.rundir.checkpoint import open_for_use
 from charlm.system.device import available_memory
+
+PRIME_MAX = 1_000_000  # a prime is a prompt: at most this many bytes (--prime-file) or characters
+PRIME_CHUNK = 512  # a longer prime goes through the model this many tokens at a time
+
+_TYPES = (  # the option, the types the API takes for it, and how its message names them
+    ("prime", str, "a str"),
+    ("length", Integral, "an int"),
+    ("temperature", Real, "a number"),
+    ("top_k", Integral, "an int"),
+    ("top_p", Real, "a number"),
+    ("seed", (Integral, type(None)), "an int or None"),
+    ("num_samples", Integral, "an int"),
+    ("sentences", (bool, type(None)), "True, False or None"),
+    ("min_words", Integral, "an int"),
+)
+
+
+def option_name(field: str, caller: str | None) -> str:
+    """How a message names an option: its flag (`--top-k`) for the command line, with `caller`
+    (the API function) the Python argument (`top_k`)."""
+    return field if caller else "--" + field.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -32,30 +63,45 @@ class SampleOptions:
     sentences: bool | None = None  # None: as the model was trained (data.batching)
     min_words: int = 0  # sentence mode: SENTENCE_END is not allowed before this many words
 
-    def validate(self) -> None:
+    def validate(self, caller: str | None = None) -> None:
+        """Refuse options out of range, naming the command line's flags (`--length`); with
+        `caller` (an API function's name) check the types first and name the arguments."""
+        if caller is not None:
+            for field, kinds, what in _TYPES:
+                check_type(getattr(self, field), kinds, what, field, caller)
+
+        def refuse(field: str, rule: str) -> ArgumentError:
+            value = getattr(self, field)
+            return ArgumentError(f"{option_name(field, caller)} {rule} (got {value})")
+
         if self.length < 1:
-            raise UsageError(f"--length must be at least 1 (got {self.length})")
+            raise refuse("length", "must be at least 1")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UsageError(
-                f"--temperature must be 0 (greedy) or a finite positive number "
-                f"(got {self.temperature})"
-            )
+            raise refuse("temperature", "must be 0 (greedy) or a finite positive number")
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
-            raise UsageError(f"--seed must be in 0..{SEED_MAX} (got {self.seed})")
+            raise refuse("seed", f"must be in 0..{SEED_MAX}")
         if self.top_k < 0:
-            raise UsageError(f"--top-k must be 0 (off) or positive (got {self.top_k})")
+            raise refuse("top_k", "must be 0 (off) or positive")
         if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
+            raise refuse("top_p", "must be in (0, 1]")
         if self.num_samples < 1:
-            raise UsageError(f"--num-samples must be at least 1 (got {self.num_samples})")
+            raise refuse("num_samples", "must be at least 1")
         if self.min_words < 0:
-            raise UsageError(f"--min-words must not be negative (got {self.min_words})")
+            raise refuse("min_words", "must not be negative")
+        if len(self.prime) > PRIME_MAX:
+            raise ArgumentError(
+                f"{option_name('prime', caller)} is {len(self.prime):,} characters, more than "
+                f"a prime may be ({PRIME_MAX:,}); start from the end of the text instead"
+            )
 
 
 def read_prime(path: Path) -> str:
-    """--prime-file: the file's text exactly (a final line break included), or stdin's for -."""
+    """--prime-file: the file's text exactly (a final line break included), or stdin's for -;
+    at most PRIME_MAX bytes are read, so an endless input (/dev/urandom, a pipe) is refused."""
     try:
-        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+        with contextlib.ExitStack() as stack:
+            file = sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            data = file.read(PRIME_MAX + 1)
     except FileNotFoundError:
         raise UsageError(
             f"--prime-file {path}: no such file; give the file to start from"
@@ -67,6 +113,11 @@ def read_prime(path: Path) -> str:
         raise found or DataError(
             f"--prime-file {path}: cannot read it ({error.strerror})"
         ) from None
+    if len(data) > PRIME_MAX:
+        raise InputTooLarge(
+            f"--prime-file {path}: longer than {human_bytes(PRIME_MAX)}, the most a prime may "
+            f"be; give a shorter prompt (tail -c {PRIME_MAX} FILE keeps its end)"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -134,19 +185,26 @@ class Sampler:
             return ids
         return start_ids(self.encoder, self.level, self.special)
 
-    def check_memory(self, options: SampleOptions) -> None:
+    def check_memory(self, options: SampleOptions, caller: str | None = None) -> None:
         """Refuse --num-samples/--length that cannot fit: per sample, the carried state, a few
-        copies of the logits (filtering sorts them) and the text kept."""
+        copies of the logits (filtering sorts them), the text kept, and the outputs of one
+        PRIME_CHUNK of the prime. `caller` (an API function) names the Python arguments."""
         m = self.config.model
         vocab = self.tokenizer.get_vocab_size()
+        prefix = min(len(self._prime_ids(options.prime)), PRIME_CHUNK) if options.prime else 0
         per_sample = 4 * (8 * vocab + 4 * m.layers * m.hidden_size) + 8 * options.length
+        per_sample += 4 * prefix * (vocab + 6 * m.layers * m.hidden_size)
         needed = options.num_samples * per_sample
         free = available_memory(self.device)
         if free is not None and needed > free:
-            raise UsageError(
-                f"--num-samples {options.num_samples} x --length {options.length} needs about "
-                f"{human_bytes(needed)}, but {self.device.type} has {human_bytes(free)} free; "
-                "ask for fewer or shorter samples"
+            asked = " x ".join(
+                f"{option_name(field, caller)} {getattr(options, field)}"
+                for field in ("num_samples", "length")
+                if caller is None or field != "num_samples"
+            )
+            raise ArgumentError(
+                f"{asked} needs about {human_bytes(needed)}, but {self.device.type} has "
+                f"{human_bytes(free)} free; ask for fewer or shorter samples"
             )
 
     def generate(self, options: SampleOptions, emit: Callable[[int, str], None]) -> list[str]:
@@ -180,9 +238,10 @@ class Sampler:
                         yield i, piece
         tokens = torch.tensor(prime, device=self.device).unsqueeze(1).expand(-1, n)  # (T, n)
         state: State = self.model.initial_state(n, self.device)
-        # The prefix goes through once in the fused kernel; every later step is one token.
-        if tokens.shape[0] > 1:
-            _, state = self.model(tokens[:-1], state)
+        # The prefix goes through the fused kernel (in PRIME_CHUNK pieces, so a long prime takes
+        # bounded memory); every later step is one token.
+        for start in range(0, tokens.shape[0] - 1, PRIME_CHUNK):
+            _, state = self.model(tokens[start : min(start + PRIME_CHUNK, len(prime) - 1)], state)
         current = tokens[-1]
         banned = [self.special.get("unk")]
         if sentence_mode:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,11 +23,19 @@ from charlm.rundir.checkpoint import (
     step_dirs,
 )
 from charlm.rundir.names import CONFIG, META, MODEL, STATE, TOKENIZER
-from charlm.system.files import fsync_file, replace_durably
+from charlm.system.files import (
+    check_destination,
+    fsync_file,
+    refusing,
+    remove_stale_temporaries,
+    replace_durably,
+    temporary_sibling,
+)
 
 # state.json keys that still describe averaged weights; scores, cursor, RNG and counters belong
 # to one point of training, and an average is no point to resume from.
 _KEPT_INFO = ("format", "version", "step", "parameters", "world_size", "global_batch")
+_ELSEWHERE = "choose another --out"  # what to do when --out cannot be written
 
 
 @dataclass
@@ -64,6 +71,7 @@ def _plan(run: Path, last: int, out: Path) -> list[Path]:
             f"{out}: inside the run's {CHECKPOINTS}/ folder, where training would prune it; "
             "write the average elsewhere"
         )
+    check_destination(out, _ELSEWHERE)
     return steps[-last:]
 
 
@@ -110,19 +118,23 @@ def average_checkpoints(run: Path, last: int, out: Path) -> AverageResult:
 
 
 def _write(out: Path, model: torch.nn.Module, info: dict, newest: LoadedCheckpoint) -> None:
-    """The checkpoint's files in a temporary sibling folder, fsynced, then renamed to `out`."""
+    """The checkpoint's files in a temporary sibling folder, fsynced, then renamed to `out`:
+    `out` appears complete or not at all, even on kill -9, and what a killed average left
+    beside it is removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    remove_stale_temporaries(out)
+    tmp = temporary_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        save_model(model, str(tmp / MODEL), metadata={"format": FORMAT_NAME})
-        (tmp / STATE).write_text(json.dumps(info, indent=1), encoding="utf-8")
-        (tmp / CONFIG).write_text(config_to_yaml(newest.config), encoding="utf-8")
-        (tmp / TOKENIZER).write_text(newest.tokenizer_json, encoding="utf-8")
-        (tmp / META).write_text(json.dumps(newest.meta, indent=1), encoding="utf-8")
-        for file in tmp.iterdir():
-            fsync_file(file)
-        replace_durably(tmp, out)  # fsyncs the folder tmp, renames it, fsyncs out's folder
+        with refusing(out, _ELSEWHERE):
+            tmp.mkdir()
+            save_model(model, str(tmp / MODEL), metadata={"format": FORMAT_NAME})
+            (tmp / STATE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+            (tmp / CONFIG).write_text(config_to_yaml(newest.config), encoding="utf-8")
+            (tmp / TOKENIZER).write_text(newest.tokenizer_json, encoding="utf-8")
+            (tmp / META).write_text(json.dumps(newest.meta, indent=1), encoding="utf-8")
+            for file in tmp.iterdir():
+                fsync_file(file)
+            replace_durably(tmp, out)  # fsyncs the folder tmp, renames it, fsyncs out's folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -60,7 +60,7 @@ from charlm.rundir.names import (
     TRAIN_STATE,
 )
 from charlm.system.device import resolve_device
-from charlm.system.files import atomic_write_text, fsync_file, replace_durably
+from charlm.system.files import atomic_write_text, fsync_file, replace_durably, writing
 
 __all__ = ["CHECKPOINTS"]  # re-exported: callers imported it from here before runfiles.py
 
@@ -225,9 +225,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        info = _write_files(tmp, model, optimizer, config, tokenizer_json, meta, state, raw_weights)
-        for file in tmp.iterdir():
-            fsync_file(file)
+        with writing(final):  # safetensors words a full disk its own way: as the OSError
+            info = _write_files(
+                tmp, model, optimizer, config, tokenizer_json, meta, state, raw_weights
+            )
+            for file in tmp.iterdir():
+                fsync_file(file)
     except (OSError, RuntimeError) as exc:
         needed = _tensor_bytes(model, optimizer, state, raw_weights)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -264,7 +267,8 @@ def _write_files(
             {k: v.detach().cpu().contiguous() for k, v in raw_weights.items()},
             str(tmp / RAW_MODEL),
         )
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+    with open(tmp / OPTIMIZER, "wb") as file:  # a full disk is then an OSError, not torch's
+        torch.save(optimizer.state_dict(), file)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()},
         str(tmp / TRAIN_STATE),
@@ -311,10 +315,14 @@ def _write_failure(exc: BaseException, root: Path, step: int, needed: int) -> Ex
     free = shutil.disk_usage(root).free
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or (isinstance(exc, RuntimeError) and free < needed):
+        again = (
+            "resume with --resume"
+            if step_dirs(root)
+            else "start again with --force (no checkpoint was saved yet to resume from)"
+        )
         return CheckpointError(
             f"{root}: disk full while saving step {step} (needs about {human_bytes(needed)}, "
-            f"{human_bytes(free)} free); nothing partial was left: free some space and resume "
-            "with --resume"
+            f"{human_bytes(free)} free); nothing partial was left: free some space and {again}"
         )
     if isinstance(exc, OSError):
         found = environment_error(exc)
@@ -325,9 +333,10 @@ def _write_failure(exc: BaseException, root: Path, step: int, needed: int) -> Ex
 
 def _remove_stale_temps(root: Path) -> None:
     """Temporary folders of writers that are gone (one trainer per run: any but ours)."""
-    for stale in root.glob(".tmp-*"):
-        if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
+    for pattern in (".tmp-*", ".old-*"):  # .old-: a kill between the two renames of a swap
+        for stale in root.glob(pattern):
+            if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _read_pointer(root: Path, which: str) -> str | None:

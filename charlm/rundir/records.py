@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from charlm.system.console import utc_now
-from charlm.system.files import atomic_write_text
+from charlm.system.files import atomic_write_text, writing
 
 
 def train_record(
@@ -94,6 +94,7 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
         self.mirror = mirror
+        self.failed = False  # a write failed (disk full): see close()
         if not enabled:
             return
         if truncate_after is not None and self.path.exists():
@@ -109,16 +110,29 @@ class MetricsLog:
             for k, v in record.items()
         }
         clean.setdefault("time", utc_now())
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        try:
+            with writing(self.path):  # a full disk names metrics.jsonl, not "a file"
+                self._file.write(json.dumps(clean) + "\n")
+                self._file.flush()
+        except OSError:
+            self.failed = True
+            raise
         if self.mirror is not None:
             self.mirror.write(clean)
 
     def close(self) -> None:
-        if self.enabled:
-            self._file.close()
-        if self.mirror is not None:
-            self.mirror.close()
+        """Close the file (and the mirror). After a failed write the file's buffer still holds
+        the line that did not fit, and closing fails the same way again: that second failure
+        is dropped, so the first one is what the caller reports."""
+        try:
+            if self.enabled:
+                self._file.close()
+        except OSError:
+            if not self.failed:
+                raise
+        finally:
+            if self.mirror is not None:
+                self.mirror.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

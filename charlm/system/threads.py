@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 # Environment variables through which a user steers OpenMP; if any is set, charlm sets none.
@@ -25,7 +25,10 @@ MIN_WINDOW_S = 1.0  # the shortest interval the load is judged over
 def set_openmp_defaults(
     environ: MutableMapping[str, str] | None = None, torch_loaded: bool = False
 ) -> str:
-    """Before torch loads OpenMP: a bounded spin unless the user chose; says what holds."""
+    """Before torch loads OpenMP: a bounded spin unless the user chose; says what holds.
+
+    Only the command line calls it, for its own process (charlm/cli/__init__.py); `import
+    charlm` leaves the caller's environment alone."""
     environ = os.environ if environ is None else environ
     if torch_loaded:
         return "OpenMP as loaded before charlm (its wait policy is fixed once loaded)"
@@ -36,7 +39,27 @@ def set_openmp_defaults(
     return f"OpenMP threads spin {int(DEFAULT_SPINCOUNT):,} rounds, then sleep"
 
 
-OPENMP_POLICY = "OpenMP as set at start-up"  # replaced by charlm/__init__ with what it set
+# What the command line set before torch loaded (charlm/cli/__init__.py); None in a program
+# that imports charlm as a library, which sets nothing: `openmp_policy` then says what holds.
+OPENMP_POLICY: str | None = None
+
+
+def openmp_policy(environ: Mapping[str, str] | None = None) -> str:
+    """OpenMP's wait policy as it holds now, for a run's header: what the command line chose,
+    else (the Python API) the user's own OMP_* / GOMP_* settings, else libgomp's default.
+
+    That default is the command line's bound: with neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT
+    set, libgomp spins 300,000 rounds (100 when it has more threads than CPUs), exactly as with
+    GOMP_SPINCOUNT=300000 (GCC's libgomp manual, "GOMP_SPINCOUNT"), so a library caller trains
+    as fast as the command line without charlm touching its environment. PyTorch's Linux wheels
+    ship libgomp (torch/lib/libgomp*.so)."""
+    if OPENMP_POLICY is not None:
+        return OPENMP_POLICY
+    environ = os.environ if environ is None else environ
+    chosen = [f"{k}={environ[k]}" for k in USER_OPENMP_KEYS if k in environ]
+    if chosen:
+        return "OpenMP as set: " + ", ".join(chosen)
+    return f"OpenMP threads spin {int(DEFAULT_SPINCOUNT):,} rounds (libgomp's default), then sleep"
 
 
 def step_macs(gates: int, layers: int, hidden: int, embedding: int, vocab: int, batch: int) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from charlm.errors import DataError, UsageError
-from charlm.system.files import atomic_write_bytes, atomic_write_text
+from charlm.system.files import write_together
 from charlm.tasks.masks import (
     CUE,
     SCORED_TASKS,
@@ -482,16 +482,17 @@ def write_task(
                 _lag_masks(valid_text, truth, score, 1),
             )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # newline="" so no platform ever turns "\n" into "\r\n": the files hold exactly the sample.
-    atomic_write_text(out / "train.txt", train_text, newline="")
-    atomic_write_text(out / "valid.txt", valid_text, newline="")
+    # The bytes as written, "\n" and all: no platform turns it into "\r\n".
+    files = {"train.txt": train_text.encode("utf-8"), "valid.txt": valid_text.encode("utf-8")}
+    stale: list[str] = []
     for name, mask in zip(("train.txt", "valid.txt"), masks or (None, None), strict=True):
         if mask is None:  # a mask left from an earlier task here would be read as this one's
-            mask_path(out / name).unlink(missing_ok=True)
+            stale.append(mask_path(out / name).name)
         else:  # the bytes write_mask (masks.py) writes: one uint8 per character
-            atomic_write_bytes(mask_path(out / name), np.asarray(mask, dtype=np.uint8).tobytes())
-    atomic_write_text(out / TRUTH_FILE, json.dumps(truth, indent=1) + "\n")
+            files[mask_path(out / name).name] = np.asarray(mask, dtype=np.uint8).tobytes()
+    files[TRUTH_FILE] = (json.dumps(truth, indent=1) + "\n").encode("utf-8")
+    # All or nothing: a killed synth leaves the folder's earlier task whole, or no folder.
+    write_together(out, files, remove=tuple(stale))
     return truth
 
 

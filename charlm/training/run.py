@@ -10,6 +10,7 @@ from pathlib import Path
 
 from charlm.config import RunConfig, build_config, config_to_dict
 from charlm.data.prepare import PrepareSettings, load_prepared
+from charlm.data.tokenizer import LEGACY_SENTENCE_SPLIT
 from charlm.errors import CheckpointError, UsageError
 from charlm.rundir.checkpoint import (
     LoadedCheckpoint,
@@ -165,7 +166,10 @@ def _prepared_settings(data_dir: Path) -> list[str]:
     """The data.* settings a prepared folder was made with, as overrides (absent: defaults)."""
     meta = load_prepared(data_dir).meta
     settings = meta.get("settings", {})
-    keys = ("lowercase", "segments", "word_split") if meta["level"] == "word" else ()
+    keys = ("lowercase", "segments", "word_split", "sentence_split")
+    keys = keys if meta["level"] == "word" else ()
+    if keys and "sentence_split" not in settings:  # data made before the setting: the rule
+        settings = {**settings, "sentence_split": LEGACY_SENTENCE_SPLIT}
     # The vocabulary the data holds (not the data.vocab_size default) goes into config.yaml.
     vocab = [f"data.vocab_size={meta['vocab_size']}"] if meta["level"] != "char" else []
     return [f"data.level={meta['level']}", *vocab] + [

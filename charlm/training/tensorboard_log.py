@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
 from charlm.errors import CharlmError
+from charlm.system.files import writing
 
 EXTRA = "pip install 'charlm-rnn[tensorboard]'"
 SCALAR_KINDS = ("train", "val")
@@ -51,24 +53,62 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 class TensorBoardLog:
     """Event files in `folder`. `purge_step` (a resume): TensorBoard hides what an earlier
-    process logged from that step on, as metrics.jsonl drops records past the checkpoint."""
+    process logged from that step on, as metrics.jsonl drops records past the checkpoint.
+
+    A failed write (a full disk) is an OSError naming `folder`, raised by `write`; the writer's
+    thread, where it happens, no longer prints it as a traceback (`_quiet_writer_thread`)."""
 
     def __init__(self, folder: Path, purge_step: int | None = None) -> None:
         check_tensorboard(True)
         from torch.utils.tensorboard import SummaryWriter
 
+        _quiet_writer_thread()
         self.folder = Path(folder)
-        self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=purge_step)
+        self.failed = False
+        with writing(self.folder):
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=purge_step)
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", 0))
-        for tag, value in scalars(record).items():
-            self.writer.add_scalar(tag, value, step)
-        if record.get("kind") == "sample":
-            # Markdown: four spaces keep the text as it was generated (line breaks, spacing).
-            text = "\n".join("    " + line for line in str(record.get("text", "")).split("\n"))
-            self.writer.add_text("sample", text, step)
-        self.writer.flush()
+        try:
+            with writing(self.folder):
+                for tag, value in scalars(record).items():
+                    self.writer.add_scalar(tag, value, step)
+                if record.get("kind") == "sample":
+                    # Markdown: four spaces keep the text as generated (line breaks, spacing).
+                    lines = str(record.get("text", "")).split("\n")
+                    self.writer.add_text("sample", "\n".join("    " + x for x in lines), step)
+                self.writer.flush()
+        except OSError:
+            self.failed = True
+            raise
 
     def close(self) -> None:
-        self.writer.close()
+        """After a failed write, closing flushes what did not fit and fails again: dropped."""
+        try:
+            with writing(self.folder):
+                self.writer.close()
+        except OSError:
+            if not self.failed:
+                raise
+
+
+_quiet = threading.Lock()
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard writes events in a thread of its own, which prints a failed write as
+    "Exception in thread ..." with a traceback, then keeps the exception for the next
+    `write`, which raises it in the training thread: the print alone is dropped (once per
+    process; every other thread's exceptions reach the hook that was there before)."""
+    with _quiet:
+        if getattr(threading.excepthook, "charlm_quiet", False):
+            return
+        previous = threading.excepthook
+
+        def hook(args: Any) -> None:
+            if type(args.thread).__name__ != "_AsyncWriterThread":
+                previous(args)
+
+        hook.charlm_quiet = True  # type: ignore[attr-defined]
+        threading.excepthook = hook

@@ -46,7 +46,7 @@ from charlm.system.console import print_line
 from charlm.system.device import resolve_device, set_threads
 from charlm.system.distributed import DistContext
 from charlm.system.files import atomic_write_text
-from charlm.system.threads import OPENMP_POLICY, LoadMeter, ThreadGovernor, step_macs
+from charlm.system.threads import LoadMeter, ThreadGovernor, openmp_policy, step_macs
 from charlm.tasks.curriculum import TaskRun
 from charlm.training.display import Throughput, TrainingDisplay
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
@@ -275,7 +275,7 @@ class Trainer:
             f"{t.grad_accum} = {self.global_batch} {unit}, {tokens} tokens per step"
         )
         if self.device.type == "cpu":
-            print_line(f"cpu: {self.threads.describe()}; {OPENMP_POLICY}")
+            print_line(f"cpu: {self.threads.describe()}; {openmp_policy()}")  # as it holds now
         if self.tasks.stages:
             print_line(
                 f"curriculum: {', '.join(self.tasks.stages)}; now {self.tasks.stage_name} "

@@ -40,6 +40,7 @@ VOCABULARY_KEYS = (
     "data.lowercase",
     "data.segments",
     "data.word_split",
+    "data.sentence_split",
 )
 
 
