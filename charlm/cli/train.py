@@ -30,6 +30,49 @@ _DATA = DataConfig()
 _CASE = "lower" if _DATA.lowercase else "keep case"
 
 
+LevelOpt = Annotated[
+    str | None, typer.Option(help=f"char, word or bpe \\[default: {_DATA.level}].")
+]
+VocabSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="word/bpe: entries kept, counting specials; word: 0 keeps all "
+        f"\\[default: {_DATA.vocab_size}]."
+    ),
+]
+ValFractionOpt = Annotated[
+    float | None,
+    typer.Option(help=f"Last fraction held out \\[default: {_DATA.val_fraction}]."),
+]
+LowercaseOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--lowercase/--keep-case", help=f"word: lower-case the text \\[default: {_CASE}]."
+    ),
+]
+SegmentsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="word: sentences (START ... END) or lines (each + <eos>) "
+        f"\\[default: {_DATA.segments}]."
+    ),
+]
+WordSplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="word: rules (punctuation, clitics) or whitespace (str.split) "
+        f"\\[default: {_DATA.word_split}]."
+    ),
+]
+SentenceSplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="word, sentences: pysbd (reads abbreviations, initials, quotes) or rules "
+        f"(15 abbreviations, ~100x faster) \\[default: {_DATA.sentence_split}]."
+    ),
+]
+
+
 @app.command()
 @handle_errors
 def prepare(
@@ -37,53 +80,18 @@ def prepare(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for train.bin, val.bin, meta.json.")
     ],
-    level: Annotated[
-        str | None, typer.Option(help=f"char, word or bpe \\[default: {_DATA.level}].")
-    ] = None,
-    vocab_size: Annotated[
-        int | None,
-        typer.Option(
-            help="word/bpe: entries kept, counting specials; word: 0 keeps all "
-            f"\\[default: {_DATA.vocab_size}]."
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(help=f"Last fraction held out \\[default: {_DATA.val_fraction}]."),
-    ] = None,
+    level: LevelOpt = None,
+    vocab_size: VocabSizeOpt = None,
+    val_fraction: ValFractionOpt = None,
     val_file: Annotated[Path | None, typer.Option(help="Validation text instead.")] = None,
     csv_column: Annotated[
         str | None, typer.Option(help="CSV column with the text (a .csv input needs it).")
     ] = None,
     errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
-    lowercase: Annotated[
-        bool | None,
-        typer.Option(
-            "--lowercase/--keep-case",
-            help=f"word: lower-case the text \\[default: {_CASE}].",
-        ),
-    ] = None,
-    segments: Annotated[
-        str | None,
-        typer.Option(
-            help="word: sentences (START ... END) or lines (each + <eos>) "
-            f"\\[default: {_DATA.segments}]."
-        ),
-    ] = None,
-    word_split: Annotated[
-        str | None,
-        typer.Option(
-            help="word: rules (punctuation, clitics) or whitespace (str.split) "
-            f"\\[default: {_DATA.word_split}]."
-        ),
-    ] = None,
-    sentence_split: Annotated[
-        str | None,
-        typer.Option(
-            help="word, sentences: pysbd (reads abbreviations, initials, quotes) or rules "
-            f"(15 abbreviations, ~100x faster) \\[default: {_DATA.sentence_split}]."
-        ),
-    ] = None,
+    lowercase: LowercaseOpt = None,
+    segments: SegmentsOpt = None,
+    word_split: WordSplitOpt = None,
+    sentence_split: SentenceSplitOpt = None,
 ) -> None:
     """Tokenise a corpus into memory-mappable token ids (cached: same input, same settings, no work).
 
