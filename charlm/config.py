@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, NewType, get_args, get_origin
 
 import yaml
 
 from charlm.errors import ConfigError
+
+# Seconds, given as a number or as a duration: 90s, 10m, 2h, 1h30m (`parse_duration`).
+Duration = NewType("Duration", float)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     clip_norm: float = 5.0  # clip the global gradient norm to this (0 = off)
     clip_value: float = 0.0  # clip each gradient element to [-v, v] (0 = off)
-    # cosine: to lr/10 over max_steps; decay: char-rnn's, times decay_rate after each epoch from
+    # cosine: to lr/10 over max_steps (or train.max_time, whichever is further along); decay: char-rnn's, times decay_rate after each epoch from
     # decay_after_epochs on; plateau: times decay_rate after plateau_patience evaluations
     # without a new best validation loss.
     schedule: Literal["constant", "cosine", "decay", "plateau"] = "constant"
@@ -208,6 +212,11 @@ class TrainConfig:
     seq_len: int = 64  # truncated back-propagation window, in tokens
     max_steps: int = 2000  # stop after this many optimiser steps (0 = no limit; use epochs)
     epochs: float = 0.0  # stop after this many passes over the training data (0 = no limit)
+    # Stop after this much training time (seconds, or 90s / 10m / 2h / 1h30m; 0 = no limit),
+    # counted across resumes; the cosine schedule then follows the time (training/budget.py).
+    # With max_steps or epochs too, whichever comes first; given without max_steps, max_steps
+    # is 0 (the time alone ends the run).
+    max_time: Duration = Duration(0.0)
     eval_every: int = 200  # validate every N steps (and always at the end)
     eval_batches: int = 0  # validation windows per evaluation (0 = the whole split)
     checkpoint_every: int = 500  # save a checkpoint every N steps (and at the end)
@@ -267,11 +276,13 @@ class TrainConfig:
         for name in ("max_steps", "eval_batches", "threads"):
             if getattr(self, name) < 0:
                 problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
-        if self.epochs < 0:
-            problems.append(f"train.epochs must not be negative (got {self.epochs})")
-        if self.max_steps == 0 and self.epochs == 0:
+        for name in ("epochs", "max_time"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name} must not be negative (got {getattr(self, name)})")
+        if self.max_steps == 0 and self.epochs == 0 and self.max_time == 0:
             problems.append(
-                "set train.max_steps or train.epochs (both are 0: training would not end)"
+                "set train.max_steps or train.epochs, or a time with train.max_time (all are 0: "
+                "training would not end)"
             )
         if self.keep_checkpoints < 1:
             problems.append(
@@ -348,6 +359,7 @@ RESUME_SAFE_KEYS = frozenset(
     {
         "train.max_steps",
         "train.epochs",
+        "train.max_time",
         "train.eval_every",
         "train.eval_batches",
         "train.checkpoint_every",
@@ -436,6 +448,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{key}: expected an integer, got '{value}'")
+    if annotation is Duration:
+        return parse_duration(key, value)
     if annotation is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got '{value}'")
@@ -452,6 +466,26 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got '{value}'")
         return str(value)
     raise ConfigError(f"{key}: unsupported setting type {annotation}")
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """Seconds from a number (600) or a duration string ("90s", "10m", "2h", "1h30m")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().lower().replace(" ", "") if isinstance(value, str) else ""
+    match = _DURATION.fullmatch(text)
+    if text and match and any(match.groups()):
+        hours, minutes, seconds = (float(part or 0) for part in match.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{key}: expected seconds (600) or a duration: 90s, 10m, 2h or 1h30m; got '{value}'"
+        ) from None
 
 
 def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: list[str]) -> None:
@@ -610,6 +644,7 @@ def build_config(
     merged: dict[str, dict[str, Any]] = {
         name: dataclasses.asdict(cls()) for name, cls in _SECTION_CLASSES.items()
     }
+    merged["train"]["max_steps"] = _UNSET  # whether it is given decides its default (below)
     problems: list[str] = []
     if base is not None:
         _merge(merged, _with_saved_defaults(base), "saved config", problems)
@@ -626,6 +661,7 @@ def build_config(
             continue
         section, name = key.split(".", 1)
         _merge(merged, {section: {name: value}}, "--set", problems)
+    _default_max_steps(merged["train"])
     # Values that failed to parse were never merged, so the rest can still be checked: every
     # problem is reported in one go.
     config = RunConfig(**{name: cls(**merged[name]) for name, cls in _SECTION_CLASSES.items()})
@@ -633,6 +669,16 @@ def build_config(
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+_UNSET = object()
+
+
+def _default_max_steps(train: dict[str, Any]) -> None:
+    """train.max_steps given nowhere (defaults, saved config, file, --set): 2000, or 0 (no step
+    limit) with train.max_time, so that `--set train.max_time=10m` alone trains ten minutes."""
+    if train["max_steps"] is _UNSET:
+        train["max_steps"] = 0 if train["max_time"] else TrainConfig.max_steps
 
 
 # Settings added after runs were first saved, with the value such a run actually used: a saved
