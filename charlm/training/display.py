@@ -20,6 +20,7 @@ from rich.table import Column
 from rich.text import Text
 
 from charlm.system.console import clock, stderr
+from charlm.training.budget import Budget
 
 
 class _StatusColumn(ProgressColumn):
@@ -36,6 +37,8 @@ class TrainingDisplay:
     Rich prints only the final bar when stderr is not a terminal, so CI logs would show nothing.
     The bar keeps the last logged status (loss, speed) until the next log step; the plain lines
     carry elapsed time and ETA as the bar does. `console`: where the bar goes (stderr).
+    With a time `budget` (budget.py) the total is the step the budget reaches at this pace, and
+    the ETA the budget's rest.
     """
 
     def __init__(
@@ -44,11 +47,13 @@ class TrainingDisplay:
         start_step: int,
         enabled: bool = True,
         console: Console | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.enabled = enabled
         self.console = console or stderr
         self.is_terminal = self.console.is_terminal
         self.total, self.start_step = total_steps, start_step
+        self.budget = budget or Budget(total_steps, 0.0)
         self.started = time.perf_counter()
         self._progress: Progress | None = None
         if enabled and self.is_terminal:
@@ -64,7 +69,7 @@ class TrainingDisplay:
                 console=self.console,
             )
             self._task = self._progress.add_task(
-                "train", total=total_steps, completed=start_step, status=""
+                "train", total=self._total(start_step), completed=start_step, status=""
             )
             self._progress.start()
 
@@ -74,17 +79,29 @@ class TrainingDisplay:
             return
         if self._progress is not None:
             fields = {} if status is None else {"status": status}
-            self._progress.update(self._task, completed=step, **fields)
+            self._progress.update(self._task, completed=step, total=self._total(step), **fields)
         elif is_log_step:
-            line = f"step {step}/{self.total} {status or ''}  {self.timing(step)}"
+            total = self._total(step)
+            shown = "?" if total is None else f"~{total}" if self.budget.max_time else total
+            line = f"step {step}/{shown} {status or ''}  {self.timing(step)}"
             print(line, file=sys.stderr, flush=True)
 
     def timing(self, step: int) -> str:
-        """ "elapsed 0:01:05  eta 0:10:30": this process's time so far, and the rest at its pace."""
+        """ "elapsed 0:01:05  eta 0:10:30": this process's time so far, and the rest at its pace
+        (or the time budget's rest, if sooner)."""
         elapsed = time.perf_counter() - self.started
-        done = step - self.start_step
-        eta = clock(elapsed / done * (self.total - step)) if done > 0 else "-:--:--"
+        left = self.budget.seconds_left(step, self._pace(step))
+        eta = clock(left) if left is not None else "-:--:--"
         return f"elapsed {clock(elapsed)}  eta {eta}"
+
+    def _pace(self, step: int) -> float | None:
+        """Seconds a step in this process so far."""
+        done = step - self.start_step
+        return (time.perf_counter() - self.started) / done if done > 0 else None
+
+    def _total(self, step: int) -> int | None:
+        """The run's steps (budget.py: an estimate with a time budget; None: not yet known)."""
+        return self.budget.expected_steps(step, self._pace(step))
 
     def message(self, text: str) -> None:
         if not self.enabled:

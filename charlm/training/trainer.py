@@ -3,7 +3,8 @@
 Its setup is `_setup_data`, `_setup_model`, `_restore`, `_setup_step`; the loop calls
 `TrainStep` (step.py) once per step, then `_log`, `_validate`, `_sample` and `_save` as the
 settings say. `train()` (run.py) opens the run and hands it here. Exact resume lives in
-resume.py, the schedules in schedules.py, validation's decisions in validation.py.
+resume.py, the schedules in schedules.py, where the run ends (steps, train.max_time) in
+budget.py, validation's decisions in validation.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 import os
 import shutil
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from charlm.system.distributed import DistContext
 from charlm.system.files import atomic_write_text
 from charlm.system.threads import LoadMeter, ThreadGovernor, openmp_policy, step_macs
 from charlm.tasks.curriculum import TaskRun
+from charlm.training.budget import Budget, rank0_reading
 from charlm.training.display import Throughput, TrainingDisplay
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.training.ntasgd import WeightAverager
@@ -86,14 +87,15 @@ class TrainResult:
 
 
 def total_steps(config: RunConfig, batcher: StreamBatcher | SentenceBatcher) -> int:
-    """Steps of the run: train.max_steps, or fewer when train.epochs ends it sooner."""
+    """Steps of the run: train.max_steps, or fewer when train.epochs ends it sooner; 0: no step
+    limit (train.max_time alone ends it)."""
     t = config.train
     total = t.max_steps or math.inf
     if t.epochs and t.variable_bptt:  # windows average ~0.975 x seq_len: count them exactly
         total = min(total, variable_bptt_steps(batcher.stream_len, t.seq_len, t.seed, t.epochs))
     elif t.epochs:
         total = min(total, math.ceil(t.epochs * max(1, batcher.steps_per_epoch)))
-    return int(total)
+    return 0 if total == math.inf else int(total)
 
 
 class Trainer:
@@ -204,6 +206,9 @@ class Trainer:
         restore_rank_rng(tensors, dist, self.device, self.config.train.seed, self.step)
 
     def _setup_step(self) -> None:
+        max_time = self.config.train.max_time
+        agree = rank0_reading(self.dist, max_time)  # torchrun: rank 0's clock for every process
+        self.budget = Budget(self.total_steps, max_time, self.elapsed_before, agree)
         if self.dist.is_main:
             config_yaml = config_to_yaml(self.config)
             atomic_write_text(self.run_dir / CONFIG, config_yaml)
@@ -236,7 +241,9 @@ class Trainer:
                 print_line(describe(warm, self.vocab_size))
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)  # for the samples
-        self.display = TrainingDisplay(self.total_steps, self.step, enabled=self.show)
+        self.display = TrainingDisplay(
+            self.total_steps, self.step, enabled=self.show, budget=self.budget
+        )
         context = GuardContext(
             self.config, self.dist, self.tally, self.run_dir, self.display.message
         )
@@ -260,7 +267,7 @@ class Trainer:
             f"{len(data.train_ids):,} training tokens, "
             f"{max(1, batcher.steps_per_epoch):,} steps per epoch; "
             f"{'resuming at step ' + str(self.step) + ', ' if self.loaded else ''}"
-            f"{self.total_steps:,} steps on {self.device.type}, seed {t.seed}"
+            f"{self.budget.describe()} on {self.device.type}, seed {t.seed}"
             + (f" x {dist.world_size} processes" if dist.is_distributed else "")
         )
         unit = "streams" if batcher.carries_state else getattr(batcher, "unit", "sentences")
@@ -286,11 +293,11 @@ class Trainer:
 
     def _loop(self) -> TrainResult:
         self.throughput = Throughput()
-        self.started = time.perf_counter() - self.elapsed_before  # elapsed_s goes on
+        self.budget.start()  # elapsed_s goes on
         self.model.train()
         try:
             with _SignalFlag() as flag:
-                while self.step < self.total_steps:
+                while not self.budget.ended(self.step):
                     if self.stop_signal is not None:
                         self._stop_on_signal()
                     self._one_step(flag.received)
@@ -308,14 +315,15 @@ class Trainer:
         if self.cursor.position == 0 or not self.batcher.carries_state:
             self.state = self.model.initial_state(x.shape[1], self.device)
         lr = learning_rate(
-            self.config.optim, step, self.total_steps, self.cursor.epoch, self.policy.plateau_scale
-        )
+            self.config.optim, step, self.total_steps, self.cursor.epoch,
+            self.policy.plateau_scale, self.budget.follow(),
+        )  # fmt: skip
         if length is not None:  # AWD-LSTM: a longer window takes a larger step
             lr *= length / t.seq_len
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.lr = lr
-        wants_norms = (step + 1) % t.eval_every == 0 or step + 1 >= self.total_steps
+        wants_norms = (step + 1) % t.eval_every == 0 or self.budget.may_end(step + 1)
         result = self.train_step(
             x,
             y,
@@ -337,7 +345,9 @@ class Trainer:
     def _after_step(self) -> bool:
         """Read the guard, log, validate and save as the settings say; True: stop (patience)."""
         t, step = self.config.train, self.step
-        is_last = step >= self.total_steps
+        is_last = self.budget.tick(step)
+        if is_last and (note := self.budget.end_note(step)):
+            self.display.message(note)
         is_log_step = step % t.log_every == 0 or is_last
         is_eval_step = step % t.eval_every == 0 or is_last
         is_save_step = step % t.checkpoint_every == 0
@@ -382,10 +392,11 @@ class Trainer:
             clipped,
             self.tally.bad_steps,
             rate,
-            time.perf_counter() - self.started,
+            self.budget.elapsed,
             self.threads.threads,
             self.tokens,
         )
+        record.update(self.budget.record())
         warning = self.explosion.check(self.step, mean_loss)
         if warning:
             record["warning"] = warning
@@ -415,7 +426,7 @@ class Trainer:
         if verdict.start_averaging:
             self.averager.start()
             self.display.message(f"step {self.step}: validation stalled; averaging weights")
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.budget.now()
         record = val_record(
             self.step,
             val.loss,
@@ -529,7 +540,7 @@ class Trainer:
             global_batch=self.global_batch,
             data_dir=str(self.data.data_dir.resolve()),
             parameters=self.params,
-            elapsed_s=time.perf_counter() - self.started,
+            elapsed_s=self.budget.elapsed,
             tokens=self.tokens,
             threads=self.threads.threads if self.device.type == "cpu" else None,
             **self.policy.state_dict(),
