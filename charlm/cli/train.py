@@ -186,6 +186,11 @@ def train(
       charlm train input.txt --config configs/char-rnn.yaml --out runs/shakespeare --set train.max_steps=500
       charlm train --out runs/shakespeare --resume --set train.max_steps=5000
       charlm train new.txt --init-from runs/shakespeare --out runs/tuned --set train.max_steps=300
+      charlm train input.txt --out runs/ten --set train.max_time=10m
+
+    train.max_time (seconds, or 90s, 10m, 2h, 1h30m) stops after that much
+    training time, and the cosine schedule follows the time; with
+    train.max_steps or train.epochs also set, whichever comes first.
     """
     from charlm.api import train_command as api_train
     from charlm.data.reading import spooled
