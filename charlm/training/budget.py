@@ -13,7 +13,7 @@ records. A resumed run starts from it, so its first step follows the fraction th
 run's did, bit for bit, and the time left is the budget less that reading. Later steps follow
 the time they take: two runs with one max_time differ in their steps, and a resumed one in the
 time the interrupted step's evaluation and save took (not counted). With the clock replaced by
-one that advances per step (the tests' `clock`), a time-budgeted run and its resume give the
+one that advances per step (as tests/test_time_budget.py sets `clock`), a time-budgeted run and its resume give the
 same weights bit for bit. Under torchrun every process takes rank 0's reading, so that all
 agree on the rate and the step the run ends at.
 """
