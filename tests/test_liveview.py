@@ -176,6 +176,18 @@ def event_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+# The tags (charlm/training/tracking.py) of some metrics.jsonl fields, as the README lists them.
+TAGS = [
+    ("train/loss", "train", "loss"),
+    ("train/lr", "train", "lr"),
+    ("train/grad_norm", "train", "grad_norm"),
+    ("eval/loss", "val", "val_loss"),
+    ("eval/perplexity", "val", "val_perplexity"),
+    ("eval/bpc", "val", "val_bits_per_char"),
+    ("eval/tokens", "val", "tokens"),
+]
+
+
 def test_tensorboard_holds_the_records_of_metrics_jsonl(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     event_accumulator = pytest.importorskip(
@@ -183,12 +195,15 @@ def test_tensorboard_holds_the_records_of_metrics_jsonl(tmp_path: Path) -> None:
     )
     run(tmp_path / "run", write_corpus(tmp_path), 20, "train.tensorboard=true")
     scalars = event_scalars(tmp_path / "run" / "tensorboard")
-    for kind, key in (("train", "loss"), ("train", "lr"), ("val", "val_loss"), ("val", "tokens")):
+    for tag, kind, key in TAGS:
         logged = [(r["step"], r[key]) for r in of_kind(tmp_path / "run", kind)]
-        assert [s for s, _ in scalars[f"{kind}/{key}"]] == [s for s, _ in logged]
-        values = [v for _, v in scalars[f"{kind}/{key}"]]
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in logged]
+        values = [v for _, v in scalars[tag]]
         assert values == pytest.approx([v for _, v in logged], rel=1e-6)  # float32 in the file
-    assert "val/grad_norm_layers/0" in scalars
+    assert "eval/grad_norm_layers/0" in scalars
+    # One scheme, Hugging Face's: train/... and eval/..., no val/ and no val_ in a tag.
+    assert {t.split("/")[0] for t in scalars} == {"train", "eval"}
+    assert not any("val_" in t for t in scalars), sorted(scalars)
     texts = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     texts.Reload()
     events = texts.Tensors("sample/text_summary")
@@ -211,7 +226,7 @@ def test_a_resume_replaces_what_tensorboard_got_after_the_checkpoint(tmp_path: P
     run(halves, None, 30, *board, resume=True)
     a, b = event_scalars(straight / "tensorboard"), event_scalars(halves / "tensorboard")
     assert [s for s, _ in b["train/loss"]] == [5, 10, 15, 20, 25, 30]  # no step twice
-    assert b["train/loss"] == a["train/loss"] and b["val/val_loss"] == a["val/val_loss"]
+    assert b["train/loss"] == a["train/loss"] and b["eval/loss"] == a["eval/loss"]
 
 
 def test_tensorboard_without_the_extra_is_refused_before_anything_is_written(
