@@ -4,7 +4,7 @@
             tensorboard/ (train.tensorboard: event files)
     checkpoints/step-NNNNNNNN/  model.safetensors, optimizer.pt, train_state.safetensors,
                                 raw_model.safetensors (NT-ASGD), state.json, config.yaml,
-                                tokenizer.json, meta.json
+                                tokenizer.json (+ TOKENIZER_EXTRAS), meta.json
     checkpoints/latest.json, best.json
 
 checkpoint.py describes what each holds.
@@ -27,6 +27,10 @@ OPTIMIZER = "optimizer.pt"
 TRAIN_STATE = "train_state.safetensors"
 STATE = "state.json"
 TOKENIZER = "tokenizer.json"
+# Beside tokenizer.json (folders written before have none; charlm never reads them): the
+# special tokens for transformers' AutoTokenizer, data/tokenizer.py's HF_TOKENIZER_CONFIG and
+# HF_SPECIAL_TOKENS (tests/test_tokenizer_json.py checks the two agree).
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
 META = "meta.json"
 # Pointers in checkpoints/
 LATEST = "latest.json"

@@ -30,6 +30,7 @@ from charlm.data.batching import (
     make_batcher,
 )
 from charlm.data.prepare import PreparedData, load_prepared, prepare
+from charlm.data.tokenizer import transformers_files
 from charlm.errors import TrainingStopped, UsageError
 from charlm.inference.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.model.cells import CELLS, State
@@ -236,6 +237,7 @@ class Trainer:
                 print_line(describe(warm, self.vocab_size))
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)  # for the samples
+        self.tokenizer_files = transformers_files(self.tokenizer)  # beside it in checkpoints
         self.display = TrainingDisplay(self.total_steps, self.step, enabled=self.show)
         context = GuardContext(
             self.config, self.dist, self.tally, self.run_dir, self.display.message
@@ -512,6 +514,7 @@ class Trainer:
                 is_best=is_best,
                 keep=self.config.train.keep_checkpoints,
                 raw_weights=raw,
+                tokenizer_files=self.tokenizer_files,
             )
         dist.barrier()
 
