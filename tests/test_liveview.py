@@ -260,8 +260,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures charlm plot makes, kept (and still written)."""
     import charlm.diagnostics.curves as plots
 
-    figures, save = [], plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
+    figures, save = [], plots.save_figure
+    keep = lambda fig, out: (figures.append(fig), save(fig, out))[1]  # noqa: E731
+    monkeypatch.setattr(plots, "save_figure", keep)
     return figures
 
 
