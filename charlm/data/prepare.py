@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from charlm.data.tokenizer import (
     transformers_files,
 )
 from charlm.errors import DataError, UsageError
-from charlm.system.console import progress_bar
+from charlm.system.console import print_line, progress_bar
 from charlm.system.files import (
     fsync_file,
     refusing,
@@ -261,8 +260,8 @@ class _Reporter:
         self.enabled = enabled
 
     def line(self, message: str) -> None:
-        if self.enabled:
-            print(message, file=sys.stderr, flush=True)
+        if self.enabled:  # a terminal wraps it at a space, not inside a word
+            print_line(message)
 
     def bar(
         self, description: str, total: int, unit: str = "characters"
@@ -406,9 +405,9 @@ def prepare(
         tokenizer = _train_tokenizer(inputs, settings, report)
     with refusing(out_dir, "choose another output folder"):
         meta = _write_folder(out_dir, inputs, tokenizer, plan, report)
-    report.line(
-        f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-        f"vocabulary {meta['vocab_size']:,} ({settings.level})"
+    report.line(  # 80 columns hold it for runs/NAME/data (README, "Watching a run")
+        f"wrote {out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+        f"{settings.level} vocab {meta['vocab_size']:,}"
     )
     return meta
 

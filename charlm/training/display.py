@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,12 +24,44 @@ from rich.text import Text
 from charlm.system.console import clock, stderr
 
 
+def status_line(loss: float, rate: float, grad_norm: float, clipped: float) -> str:
+    """The figures of a log step, as the bar and the plain lines show them (README, "Watching a
+    run"): "loss 1.532 9,184 tok/s |g| 0.63 clipped 0%"."""
+    return f"loss {loss:.3f} {rate:,.0f} tok/s |g| {grad_norm:.2f} clipped {clipped:.0%}"
+
+
 class _StatusColumn(ProgressColumn):
-    """The last logged status on one line, cut with "…" when the terminal is narrow: it gives
-    way first, so the step count, elapsed time and ETA stay whole at 80 columns."""
+    """The last logged status, whole."""
 
     def render(self, task: Task) -> Text:
-        return Text(task.fields.get("status", ""), no_wrap=True, overflow="ellipsis")
+        return Text(task.fields.get("status", ""), no_wrap=True)
+
+
+class _Bar(Progress):
+    """The bar with the status in its line where the whole fits the terminal; else the status on
+    a line of its own beneath, so at 80 columns neither is cut (the status only on a terminal
+    too narrow even for it, with "…")."""
+
+    def __init__(self, status: _StatusColumn, *columns: ProgressColumn, console: Console) -> None:
+        self.status = status
+        super().__init__(*columns, console=console)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        table = self.make_tasks_table(self.tasks)
+        if not self.tasks or (
+            Measurement.get(self.console, self.console.options.update_width(9999), table).maximum
+            <= self.console.width
+        ):
+            yield table
+            return
+        every = self.columns
+        self.columns = tuple(c for c in every if c is not self.status)
+        try:
+            yield self.make_tasks_table(self.tasks)  # the bar without the status
+        finally:
+            self.columns = every
+        text = self.tasks[0].fields.get("status", "")
+        yield Text(f"      {text}" if text else "", no_wrap=True, overflow="ellipsis")
 
 
 class TrainingDisplay:
@@ -35,7 +69,9 @@ class TrainingDisplay:
 
     Rich prints only the final bar when stderr is not a terminal, so CI logs would show nothing.
     The bar keeps the last logged status (loss, speed) until the next log step; the plain lines
-    carry elapsed time and ETA as the bar does. `console`: where the bar goes (stderr).
+    carry elapsed time and ETA as the bar does, in 80 columns at the usual sizes ("step
+    200/2000 loss 1.532 9,184 tok/s |g| 0.63 clipped 0% 0:00:41 eta 0:06:09", 76).
+    `console`: where the bar goes (stderr).
     """
 
     def __init__(
@@ -53,11 +89,13 @@ class TrainingDisplay:
         self._progress: Progress | None = None
         if enabled and self.is_terminal:
             fixed = Column(no_wrap=True)
-            self._progress = Progress(
+            status = _StatusColumn(table_column=Column(no_wrap=True))
+            self._progress = _Bar(
+                status,
                 TextColumn("[bold]train"),
                 BarColumn(bar_width=16),
                 MofNCompleteColumn(table_column=fixed),
-                _StatusColumn(),
+                status,
                 TimeElapsedColumn(table_column=fixed),
                 TextColumn("eta", table_column=fixed),
                 TimeRemainingColumn(table_column=fixed),
@@ -76,15 +114,16 @@ class TrainingDisplay:
             fields = {} if status is None else {"status": status}
             self._progress.update(self._task, completed=step, **fields)
         elif is_log_step:
-            line = f"step {step}/{self.total} {status or ''}  {self.timing(step)}"
+            line = f"step {step}/{self.total} {status + ' ' if status else ''}{self.timing(step)}"
             print(line, file=sys.stderr, flush=True)
 
     def timing(self, step: int) -> str:
-        """ "elapsed 0:01:05  eta 0:10:30": this process's time so far, and the rest at its pace."""
+        """ "0:01:05 eta 0:10:30", as the bar shows them: this process's time so far, and the
+        rest at its pace."""
         elapsed = time.perf_counter() - self.started
         done = step - self.start_step
         eta = clock(elapsed / done * (self.total - step)) if done > 0 else "-:--:--"
-        return f"elapsed {clock(elapsed)}  eta {eta}"
+        return f"{clock(elapsed)} eta {eta}"
 
     def message(self, text: str) -> None:
         if not self.enabled:

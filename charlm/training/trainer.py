@@ -49,7 +49,7 @@ from charlm.system.distributed import DistContext
 from charlm.system.files import atomic_write_text
 from charlm.system.threads import LoadMeter, ThreadGovernor, openmp_policy, step_macs
 from charlm.tasks.curriculum import TaskRun
-from charlm.training.display import Throughput, TrainingDisplay
+from charlm.training.display import Throughput, TrainingDisplay, status_line
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.training.ntasgd import WeightAverager
 from charlm.training.optimizers import build_optimizer, patch_resumed_optimizer
@@ -399,11 +399,8 @@ class Trainer:
         hint = self.threads.busy_hint()
         if hint is not None:
             self.display.message(hint)
-        self.display.update(
-            self.step,
-            f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {grad_norm:.2f}  clipped {clipped:.0%}",
-            is_log_step=True,
-        )
+        status = status_line(mean_loss, rate, grad_norm, clipped)
+        self.display.update(self.step, status, is_log_step=True)
 
     def _validate(self) -> tuple[bool, bool]:
         """Score the validation split and let the policy decide; returns (is best, stop)."""
