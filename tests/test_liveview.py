@@ -115,7 +115,28 @@ def test_the_sample_is_printed_at_each_evaluation(tmp_path: Path) -> None:
     result = cli("train", corpus, "--out", tmp_path / "run", *settings)
     assert result.exit_code == 0, result.stderr
     text = of_kind(tmp_path / "run", "sample")[0]["text"]
-    assert f"step 10 sample:\n{text.rstrip()}" in result.stderr
+    # Off a terminal, framed by a begin and an end line (before: "step 10 sample:" only).
+    framed = f"\n--- step 10 sample ---\n{text.rstrip()}\n--- end of step 10 sample ---\n"
+    assert framed in result.stderr, result.stderr
+
+
+def test_on_a_terminal_the_sample_is_a_panel_titled_with_its_step() -> None:
+    terminal = Console(file=io.StringIO(), width=80, force_terminal=True, record=True)
+    display = TrainingDisplay(100, 0, console=terminal)
+    text = "The [bold]cat[/bold] sat.\n  indented line\n" + "x" * 100  # markup stays text
+    try:
+        display.update(10, STATUS, is_log_step=True)
+        display.sample(10, text)
+    finally:
+        display.close()
+    shown = terminal.export_text()  # the live bar's redraws, with the panel printed above it
+    lines = shown[shown.index("╭─ step 10 sample ") :].splitlines()
+    assert lines[0].endswith("╮") and cell_len(lines[0]) == 80, lines
+    assert lines[1] == "│ The [bold]cat[/bold] sat." + " " * 52 + "│", lines
+    assert lines[2].startswith("│   indented line "), lines
+    bottom = next(i for i, line in enumerate(lines) if line.startswith("╰"))
+    assert "".join(lines[3:bottom]).count("x") == 100  # wrapped inside the frame
+    assert all(cell_len(line) <= 80 for line in lines[: bottom + 1]), lines
 
 
 # -- the progress display ----------------------------------------------------------------------

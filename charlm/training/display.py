@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
+from rich.panel import Panel
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -132,6 +133,18 @@ class TrainingDisplay:
             self._progress.console.print(text, highlight=False, markup=False)
         else:
             print(text, file=sys.stderr, flush=True)
+
+    def sample(self, step: int, text: str) -> None:
+        """The sample drawn at an evaluation, framed so it reads apart from the log lines: a
+        panel titled with the step on a terminal; elsewhere between a begin and an end line."""
+        if not self.enabled:
+            return
+        title = f"step {step} sample"
+        if self._progress is not None:  # Text: a sample's "[...]" is text, not markup
+            panel = Panel(Text(text), title=title, title_align="left", border_style="dim")
+            self._progress.console.print(panel)
+        else:
+            print(f"--- {title} ---\n{text}\n--- end of {title} ---", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:

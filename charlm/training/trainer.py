@@ -477,7 +477,7 @@ class Trainer:
                 train_seed=t.seed,
             )
         self.metrics.write(sample.record())
-        self.display.message(f"step {self.step} sample:\n{sample.shown}")
+        self.display.sample(self.step, sample.shown)
 
     def _save(self, is_best: bool) -> None:
         """Every process takes part: rank 0 saves the carried state of all streams and each
