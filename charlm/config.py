@@ -258,6 +258,13 @@ class TrainConfig:
     # Also write the metrics as TensorBoard event files in RUN_DIR/tensorboard (the
     # `tensorboard` extra: pip install 'charlm-rnn[tensorboard]').
     tensorboard: bool = False
+    # Also log the same scalars and the settings to Weights & Biases (the `wandb` extra: pip
+    # install 'charlm-rnn[wandb]'; README, "Weights & Biases"), to wandb_project, the W&B run
+    # named wandb_name ("": the run directory's name). The W&B run's id is kept in
+    # RUN_DIR/wandb.json, so a resume continues the same W&B run. Off: wandb is never imported.
+    wandb: bool = False
+    wandb_project: str = "charlm"
+    wandb_name: str = ""
 
     def validate(self) -> list[str]:
         problems = []
@@ -297,6 +304,11 @@ class TrainConfig:
             problems.append(
                 "train.epochs counts passes over one stage's data with a curriculum; "
                 "set train.max_steps instead (and train.epochs=0)"
+            )
+        if not self.wandb_project.strip() or any(c in self.wandb_project for c in "/\\#?%:"):
+            problems.append(
+                f"train.wandb_project must be a W&B project name, not empty and without "
+                f"/ \\ # ? % : (got '{self.wandb_project}')"
             )
         return problems
 
@@ -379,6 +391,9 @@ RESUME_SAFE_KEYS = frozenset(
         "train.sample_length",
         "train.sample_temperature",
         "train.tensorboard",
+        "train.wandb",
+        "train.wandb_project",
+        "train.wandb_name",
     }
 )
 

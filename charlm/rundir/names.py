@@ -1,7 +1,8 @@
 """The names of the files and folders a run directory and a checkpoint hold (one place for all).
 
     RUN_DIR/config.yaml, metrics.jsonl, data/ (when train prepared the text), checkpoints/,
-            tensorboard/ (train.tensorboard: event files)
+            tensorboard/ (train.tensorboard: event files), wandb.json (train.wandb: the W&B
+            run's id), wandb/ (W&B's own files, unless WANDB_DIR says elsewhere)
     checkpoints/step-NNNNNNNN/  model.safetensors, optimizer.pt, train_state.safetensors,
                                 raw_model.safetensors (NT-ASGD), state.json, config.yaml,
                                 tokenizer.json (+ TOKENIZER_EXTRAS), meta.json
@@ -20,6 +21,8 @@ METRICS = "metrics.jsonl"
 DATA = "data"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+WANDB_RUN = "wandb.json"
+WANDB_DIR = "wandb"
 # A checkpoint folder (and, for tokenizer.json and meta.json, a prepared data folder)
 MODEL = "model.safetensors"
 RAW_MODEL = "raw_model.safetensors"
