@@ -368,7 +368,7 @@ def test_the_readme_examples_of_watching_a_run_run_as_written(
     pytest.importorskip("tensorboard")
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path, name="input.txt")
-    line, sample, board, plots = readme_blocks("## Watching a run")
+    line, sample, board, _, plots = readme_blocks("## Watching a run")  # W&B: test_wandb.py
     tiny = [x for item in overrides("train.max_steps=10") for x in ("--set", item)]
     printed = []
     for command in [*sample, *board, *plots]:
@@ -378,6 +378,7 @@ def test_the_readme_examples_of_watching_a_run_run_as_written(
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             assert done.returncode == 0 and "train/loss" in done.stdout, done.stderr
+            assert "eval/loss" in done.stdout and "val/val_loss" not in done.stdout
             continue
         assert command[0] == "charlm", command
         extra = tiny if command[1] == "train" else []

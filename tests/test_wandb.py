@@ -18,7 +18,7 @@ from charlm.config import build_config
 from charlm.errors import ConfigError
 from charlm.rundir.records import read_metrics
 from charlm.training.tracking import scalars
-from tests.helpers import TINY, cli, write_corpus
+from tests.helpers import TINY, cli, readme_blocks, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,11 @@ def wandb_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def charlm_train(env: dict[str, str], *args: str | Path, background: bool = False):
+def charlm_train(env: dict[str, str], *args: str | Path, background: bool = False, cwd=None):
     command = [sys.executable, "-m", "charlm", "train", *map(str, args), "-q", *TINY]
     if background:
         return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def read_wandb(folder: Path, *options: str) -> list[dict] | dict:
@@ -76,15 +76,18 @@ def offline_runs(wandb_dir: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_an_offline_run_holds_the_scalars_and_settings_of_the_charlm_run(tmp_path: Path) -> None:
+    """The README's command ("Weights & Biases"), as written, with a tiny model."""
     pytest.importorskip("wandb")
-    corpus, run = write_corpus(tmp_path), tmp_path / "run"
+    (command,) = readme_blocks("### Weights & Biases")[0]
+    assert command[:2] == ["charlm", "train"] and "train.wandb=true" in command
+    write_corpus(tmp_path, name="input.txt")
+    run = tmp_path / "runs" / "tracked"
     env = wandb_env(tmp_path, WANDB_DIR=str(tmp_path / "wb"))  # WANDB_DIR, not RUN_DIR/wandb
-    done = charlm_train(env, corpus, "--out", run, "--set", "train.max_steps=20",
-                        "--set", "train.wandb=true", "--set", "train.wandb_project=tiny")  # fmt: skip
+    done = charlm_train(env, *command[2:], "--set", "train.max_steps=20", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (folder,) = offline_runs(tmp_path / "wb" / "wandb")
     ids = json.loads((run / "wandb.json").read_text())
-    assert folder.name.endswith(f"-{ids['id']}") and ids["project"] == "tiny"
+    assert folder.name.endswith(f"-{ids['id']}") and ids["project"] == "mine"
     assert not (run / "wandb").exists()
     rows = history(folder)
     assert rows == logged(run)  # every scalar at every step, the same floats
@@ -92,7 +95,7 @@ def test_an_offline_run_holds_the_scalars_and_settings_of_the_charlm_run(tmp_pat
     (start,) = [r["run"] for r in read_wandb(folder) if r["type"] == "run"]  # type: ignore[index]
     config = start["config"]["update"]
     assert config["train"]["max_steps"] == 20 and config["model"]["hidden_size"] == 16
-    assert (start["project"], start["display_name"]) == ("tiny", "run")
+    assert (start["project"], start["display_name"]) == ("mine", "tracked")
     summary = read_wandb(folder, "--summary")
     assert summary["state"] == "finished" and summary["exit_code"] == 0  # type: ignore[index]
 

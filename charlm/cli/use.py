@@ -130,7 +130,7 @@ def evaluate(
             mask=mask,
         )
     if json_out:  # what was scored (the checkpoint folder, its step and level), then the scores
-        scored = {"checkpoint": str(lm.path), "step": lm.step, "level": lm.level, "text": str(text)}
+        scored = {"checkpoint": str(lm.path), "step": lm.step, "level": lm.level}
         print(json.dumps({**scored, **result.as_dict()}))
         return
     print(
