@@ -267,6 +267,13 @@ class TrainConfig:
     # Also write the metrics as TensorBoard event files in RUN_DIR/tensorboard (the
     # `tensorboard` extra: pip install 'charlm-rnn[tensorboard]').
     tensorboard: bool = False
+    # Also log the same scalars and the settings to Weights & Biases (the `wandb` extra: pip
+    # install 'charlm-rnn[wandb]'; README, "Weights & Biases"), to wandb_project, the W&B run
+    # named wandb_name ("": the run directory's name). The W&B run's id is kept in
+    # RUN_DIR/wandb.json, so a resume continues the same W&B run. Off: wandb is never imported.
+    wandb: bool = False
+    wandb_project: str = "charlm"
+    wandb_name: str = ""
 
     def validate(self) -> list[str]:
         problems = []
@@ -308,6 +315,11 @@ class TrainConfig:
             problems.append(
                 "train.epochs counts passes over one stage's data with a curriculum; "
                 "set train.max_steps instead (and train.epochs=0)"
+            )
+        if not self.wandb_project.strip() or any(c in self.wandb_project for c in "/\\#?%:"):
+            problems.append(
+                f"train.wandb_project must be a W&B project name, not empty and without "
+                f"/ \\ # ? % : (got '{self.wandb_project}')"
             )
         return problems
 
@@ -391,6 +403,9 @@ RESUME_SAFE_KEYS = frozenset(
         "train.sample_length",
         "train.sample_temperature",
         "train.tensorboard",
+        "train.wandb",
+        "train.wandb_project",
+        "train.wandb_name",
     }
 )
 
@@ -488,8 +503,15 @@ def parse_duration(key: str, value: Any) -> float:
         ) from None
 
 
-def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: list[str]) -> None:
-    """Lay the mapping `raw` over `base`, recording unknown keys and bad values in `problems`."""
+def _merge(
+    base: dict[str, dict[str, Any]],
+    raw: Any,
+    origin: str,
+    problems: list[str],
+    named: set[tuple[str, str]] | None = None,
+) -> None:
+    """Lay the mapping `raw` over `base`, recording unknown keys and bad values in `problems`
+    and each setting it names in `named`."""
     if raw is None:
         return
     if not isinstance(raw, dict):
@@ -514,6 +536,8 @@ def _merge(base: dict[str, dict[str, Any]], raw: Any, origin: str, problems: lis
                     f"{origin}: unknown setting '{dotted}'{_suggest(dotted, all_keys())}"
                 )
                 continue
+            if named is not None:
+                named.add((section, key))
             try:
                 base[section][key] = _coerce(dotted, value, hints[key])
             except ConfigError as exc:
@@ -646,13 +670,14 @@ def build_config(
     }
     merged["train"]["max_steps"] = _UNSET  # whether it is given decides its default (below)
     problems: list[str] = []
+    named: set[tuple[str, str]] = set()
     if base is not None:
-        _merge(merged, _with_saved_defaults(base), "saved config", problems)
+        _merge(merged, _with_saved_defaults(base), "saved config", problems, named)
     if config_file is not None:
         path = resolve_config_file(config_file)
         if not path.exists():
             raise _missing_config(config_file)
-        _merge(merged, read_yaml(path), str(config_file), problems)
+        _merge(merged, read_yaml(path), str(config_file), problems, named)
     for item in overrides:
         try:
             key, value = parse_override(item)
@@ -660,8 +685,9 @@ def build_config(
             problems.append(str(exc))
             continue
         section, name = key.split(".", 1)
-        _merge(merged, {section: {name: value}}, "--set", problems)
+        _merge(merged, {section: {name: value}}, "--set", problems, named)
     _default_max_steps(merged["train"])
+    _apply_level_defaults(merged, named)
     # Values that failed to parse were never merged, so the rest can still be checked: every
     # problem is reported in one go.
     config = RunConfig(**{name: cls(**merged[name]) for name, cls in _SECTION_CLASSES.items()})
@@ -679,6 +705,26 @@ def _default_max_steps(train: dict[str, Any]) -> None:
     limit) with train.max_time, so that `--set train.max_time=10m` alone trains ten minutes."""
     if train["max_steps"] is _UNSET:
         train["max_steps"] = 0 if train["max_time"] else TrainConfig.max_steps
+
+
+# Defaults that depend on data.level: a setting that no layer names (saved config, config file,
+# --set) takes the level's value. A saved run names every setting, so resuming one written
+# before a level default changed keeps what it used. Measured in docs/results.md ("Word level:
+# charlm's defaults against pytorch/examples' SGD recipe").
+LEVEL_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "word": {},
+}
+
+
+def level_defaults(level: str) -> dict[str, Any]:
+    """The defaults `level` sets apart from the sections' own, as dotted key -> value."""
+    return {f"{s}.{k}": v for (s, k), v in LEVEL_DEFAULTS.get(level, {}).items()}
+
+
+def _apply_level_defaults(merged: dict[str, dict[str, Any]], named: set[tuple[str, str]]) -> None:
+    for (section, key), value in LEVEL_DEFAULTS.get(merged["data"]["level"], {}).items():
+        if (section, key) not in named:
+            merged[section][key] = value
 
 
 # Settings added after runs were first saved, with the value such a run actually used: a saved

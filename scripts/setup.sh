@@ -59,6 +59,6 @@ else
   pip_q "${cflags[@]}" "$torch_req"
 fi
 # The extras' tests run, never skip, in CI: onnx (export), tensorboard (train.tensorboard),
-# transformers (tokenizer.json loaded by PreTrainedTokenizerFast).
-pip_q "${cflags[@]}" -e ".[dev,onnx,tensorboard,transformers]"
+# transformers (tokenizer.json loaded by PreTrainedTokenizerFast), wandb (train.wandb, offline).
+pip_q "${cflags[@]}" -e ".[dev,onnx,tensorboard,transformers,wandb]"
 echo "setup: ready ($venv, torch $(torch_version)${constraints:+, pinned by $constraints})" >&2

@@ -91,7 +91,9 @@ def test_score_gives_charlm_evaluates_numbers(folder: Path) -> None:
     lm = charlm.load(run)
     result = cli("evaluate", run, "--text", held_out, "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == lm.score(held_out.read_text(encoding="utf-8")).as_dict()
+    scored = {"checkpoint": str(lm.path), "step": lm.step, "level": lm.level}
+    numbers = lm.score(held_out.read_text(encoding="utf-8")).as_dict()
+    assert json.loads(result.stdout) == {**scored, **numbers}
     scores = lm.score(held_out.read_text(encoding="utf-8"), batch_size=2)
     assert scores.loss > 0 and scores.perplexity == pytest.approx(np.exp(scores.loss))
     assert lm.score_file(held_out, batch_size=2) == scores

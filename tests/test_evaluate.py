@@ -51,3 +51,20 @@ def test_bad_text_is_a_clean_error(tmp_path: Path) -> None:
     )
     result = cli("evaluate", tmp_path / "run", "--text", tmp_path / "missing.txt")
     assert result.exit_code == 1 and "missing.txt" in result.stderr
+
+
+def test_evaluate_json_names_the_checkpoint_its_step_and_level(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    run = tmp_path / "run"
+    assert train_tiny(corpus, "--out", run, "--set", "train.eval_every=4", steps=12).exit_code == 0
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    for which, pointer in (("latest", {"name": "step-00000012", "step": 12}), ("best", best)):
+        scored = cli("evaluate", run, "--text", corpus, "--json", "--checkpoint", which)
+        assert scored.exit_code == 0, scored.stderr
+        numbers = json.loads(scored.stdout)
+        assert numbers["checkpoint"] == str(run / "checkpoints" / pointer["name"])
+        assert numbers["step"] == pointer["step"] and numbers["level"] == "char"
+        assert {"loss", "perplexity", "bits_per_char", "tokens", "chars"} <= set(numbers)
+    folder = run / "checkpoints" / "step-00000012"  # a checkpoint folder given itself
+    numbers = json.loads(cli("evaluate", folder, "--text", corpus, "--json").stdout)
+    assert (numbers["checkpoint"], numbers["step"]) == (str(folder), 12)

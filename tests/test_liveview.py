@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -14,16 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.cells import cell_len
 from rich.console import Console
 from safetensors.torch import load_file
 
 import charlm.system.console as metrics
 from charlm.rundir.records import read_metrics
-from charlm.training.display import TrainingDisplay
+from charlm.training.display import TrainingDisplay, status_line
 from charlm.training.run import train
 from tests.helpers import TINY, cli, readme_blocks, write_corpus
 
-STATUS = "loss 1.234  12,345 tok/s  |g| 0.52  clipped 3%"
+STATUS = status_line(1.234, 12_345.0, 0.52, 0.03)  # as training shows a log step
 
 
 def overrides(*extra: str) -> list[str]:
@@ -113,7 +115,28 @@ def test_the_sample_is_printed_at_each_evaluation(tmp_path: Path) -> None:
     result = cli("train", corpus, "--out", tmp_path / "run", *settings)
     assert result.exit_code == 0, result.stderr
     text = of_kind(tmp_path / "run", "sample")[0]["text"]
-    assert f"step 10 sample:\n{text.rstrip()}" in result.stderr
+    # Off a terminal, framed by a begin and an end line (before: "step 10 sample:" only).
+    framed = f"\n--- step 10 sample ---\n{text.rstrip()}\n--- end of step 10 sample ---\n"
+    assert framed in result.stderr, result.stderr
+
+
+def test_on_a_terminal_the_sample_is_a_panel_titled_with_its_step() -> None:
+    terminal = Console(file=io.StringIO(), width=80, force_terminal=True, record=True)
+    display = TrainingDisplay(100, 0, console=terminal)
+    text = "The [bold]cat[/bold] sat.\n  indented line\n" + "x" * 100  # markup stays text
+    try:
+        display.update(10, STATUS, is_log_step=True)
+        display.sample(10, text)
+    finally:
+        display.close()
+    shown = terminal.export_text()  # the live bar's redraws, with the panel printed above it
+    lines = shown[shown.index("╭─ step 10 sample ") :].splitlines()
+    assert lines[0].endswith("╮") and cell_len(lines[0]) == 80, lines
+    assert lines[1] == "│ The [bold]cat[/bold] sat." + " " * 52 + "│", lines
+    assert lines[2].startswith("│   indented line "), lines
+    bottom = next(i for i, line in enumerate(lines) if line.startswith("╰"))
+    assert "".join(lines[3:bottom]).count("x") == 100  # wrapped inside the frame
+    assert all(cell_len(line) <= 80 for line in lines[: bottom + 1]), lines
 
 
 # -- the progress display ----------------------------------------------------------------------
@@ -125,19 +148,36 @@ def rendered(display: TrainingDisplay, width: int = 80) -> str:
     return out.export_text()
 
 
-def test_the_bar_keeps_the_loss_between_log_steps_and_whole_times_at_80_columns() -> None:
-    terminal = Console(file=io.StringIO(), width=80, force_terminal=True)
-    display = TrainingDisplay(2000, 0, console=terminal)
+def bar_lines(width: int, total: int = 2000) -> list[str]:
+    terminal = Console(file=io.StringIO(), width=width, force_terminal=True)
+    display = TrainingDisplay(total, 0, console=terminal)
     try:
         display.update(10, STATUS, is_log_step=True)
         display.update(11, None, is_log_step=False)  # what the loop does between log steps
-        line = rendered(display)
+        return rendered(display, width).splitlines()
     finally:
         display.close()
-    assert "11/2000" in line and "loss 1.234" in line, line  # before: the status vanished
-    assert len(line.splitlines()) == 1
+
+
+def test_the_bar_keeps_the_loss_between_log_steps_and_whole_times_at_80_columns() -> None:
+    lines = bar_lines(80)
+    text = "\n".join(lines)
+    assert "11/2000" in text and "loss 1.234" in text, text  # before: the status vanished
     # Elapsed and ETA whole (before, at 80 columns: "0:0…" and "-:--:…").
-    assert "0:00:00 eta " in line and "…" not in line.split("0:00:00 eta ")[1], line
+    assert "0:00:00 eta " in text and "…" not in text, text
+
+
+@pytest.mark.parametrize("total", [2000, 100_000])
+def test_at_80_columns_the_bar_and_its_whole_status_fit(total: int) -> None:
+    """Before, the bar's line cut the status at 80 columns: "12,345 tok/s  …", without the
+    gradient norm and the clipped share."""
+    lines = bar_lines(80, total)
+    assert all(cell_len(line) <= 80 for line in lines), lines
+    assert any(STATUS in line for line in lines), lines  # |g| and clipped included
+    assert "|g| 0.52" in "\n".join(lines) and "clipped 3%" in "\n".join(lines)
+    assert len(lines) == 2  # the status under the bar
+    (wide,) = bar_lines(120, total)  # where it all fits: one line
+    assert STATUS in wide and re.search(r" \d:\d\d:\d\d eta \S+$", wide.rstrip()), wide
 
 
 def test_plain_progress_lines_carry_elapsed_time_and_eta(capsys: pytest.CaptureFixture) -> None:
@@ -147,7 +187,19 @@ def test_plain_progress_lines_carry_elapsed_time_and_eta(capsys: pytest.CaptureF
     display.update(50, STATUS, is_log_step=True)
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"step 50/100 {STATUS}")
-    assert line.endswith("elapsed 0:00:08  eta 0:00:13"), line
+    assert line.endswith(" 0:00:08 eta 0:00:13"), line
+
+
+def test_plain_progress_lines_fit_80_columns(capsys: pytest.CaptureFixture) -> None:
+    """Before: 82 characters for a run of 2,000 steps, so a log shown at 80 columns wrapped.
+    Now 80 hold four-digit step counts, 99,999 tok/s, |g| under 10 and under 10 hours."""
+    display = TrainingDisplay(9_999, 0, console=Console(file=io.StringIO(), width=80))
+    display.started -= 5 * 3600.0 - 1  # 4:59:59 in: as long again to go
+    display.update(5_000, status_line(10.532, 99_999.0, 9.99, 0.99), is_log_step=True)
+    line = capsys.readouterr().err.strip()
+    assert "|g| 9.99" in line and "clipped 99%" in line, line
+    assert " 4:59:59 eta " in line, line
+    assert cell_len(line) <= 80, (cell_len(line), line)
 
 
 def test_header_lines_are_not_wrapped_at_80_columns_off_a_terminal(
@@ -176,6 +228,18 @@ def event_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+# The tags (charlm/training/tracking.py) of some metrics.jsonl fields, as the README lists them.
+TAGS = [
+    ("train/loss", "train", "loss"),
+    ("train/lr", "train", "lr"),
+    ("train/grad_norm", "train", "grad_norm"),
+    ("eval/loss", "val", "val_loss"),
+    ("eval/perplexity", "val", "val_perplexity"),
+    ("eval/bpc", "val", "val_bits_per_char"),
+    ("eval/tokens", "val", "tokens"),
+]
+
+
 def test_tensorboard_holds_the_records_of_metrics_jsonl(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     event_accumulator = pytest.importorskip(
@@ -183,12 +247,15 @@ def test_tensorboard_holds_the_records_of_metrics_jsonl(tmp_path: Path) -> None:
     )
     run(tmp_path / "run", write_corpus(tmp_path), 20, "train.tensorboard=true")
     scalars = event_scalars(tmp_path / "run" / "tensorboard")
-    for kind, key in (("train", "loss"), ("train", "lr"), ("val", "val_loss"), ("val", "tokens")):
+    for tag, kind, key in TAGS:
         logged = [(r["step"], r[key]) for r in of_kind(tmp_path / "run", kind)]
-        assert [s for s, _ in scalars[f"{kind}/{key}"]] == [s for s, _ in logged]
-        values = [v for _, v in scalars[f"{kind}/{key}"]]
+        assert [s for s, _ in scalars[tag]] == [s for s, _ in logged]
+        values = [v for _, v in scalars[tag]]
         assert values == pytest.approx([v for _, v in logged], rel=1e-6)  # float32 in the file
-    assert "val/grad_norm_layers/0" in scalars
+    assert "eval/grad_norm_layers/0" in scalars
+    # One scheme, Hugging Face's: train/... and eval/..., no val/ and no val_ in a tag.
+    assert {t.split("/")[0] for t in scalars} == {"train", "eval"}
+    assert not any("val_" in t for t in scalars), sorted(scalars)
     texts = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     texts.Reload()
     events = texts.Tensors("sample/text_summary")
@@ -211,7 +278,7 @@ def test_a_resume_replaces_what_tensorboard_got_after_the_checkpoint(tmp_path: P
     run(halves, None, 30, *board, resume=True)
     a, b = event_scalars(straight / "tensorboard"), event_scalars(halves / "tensorboard")
     assert [s for s, _ in b["train/loss"]] == [5, 10, 15, 20, 25, 30]  # no step twice
-    assert b["train/loss"] == a["train/loss"] and b["val/val_loss"] == a["val/val_loss"]
+    assert b["train/loss"] == a["train/loss"] and b["eval/loss"] == a["eval/loss"]
 
 
 def test_tensorboard_without_the_extra_is_refused_before_anything_is_written(
@@ -245,8 +312,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """The figures charlm plot makes, kept (and still written)."""
     import charlm.diagnostics.curves as plots
 
-    figures, save = [], plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
+    figures, save = [], plots.save_figure
+    keep = lambda fig, out: (figures.append(fig), save(fig, out))[1]  # noqa: E731
+    monkeypatch.setattr(plots, "save_figure", keep)
     return figures
 
 
@@ -300,7 +368,7 @@ def test_the_readme_examples_of_watching_a_run_run_as_written(
     pytest.importorskip("tensorboard")
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path, name="input.txt")
-    line, sample, board, plots = readme_blocks("## Watching a run")
+    line, sample, board, _, plots = readme_blocks("## Watching a run")  # W&B: test_wandb.py
     tiny = [x for item in overrides("train.max_steps=10") for x in ("--set", item)]
     printed = []
     for command in [*sample, *board, *plots]:
@@ -310,6 +378,7 @@ def test_the_readme_examples_of_watching_a_run_run_as_written(
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             assert done.returncode == 0 and "train/loss" in done.stdout, done.stderr
+            assert "eval/loss" in done.stdout and "val/val_loss" not in done.stdout
             continue
         assert command[0] == "charlm", command
         extra = tiny if command[1] == "train" else []
@@ -352,3 +421,22 @@ def test_draw_sample_touches_no_global_generator_and_stops_on_non_finite_logits(
     broken = draw_sample(model, tokenizer, "char", **args)
     assert not broken.finite and broken.length == 0 and broken.record()["finite"] is False
     assert broken.shown == "[stopped: the model's outputs are not finite]"
+
+
+def test_what_prepare_prints_fits_80_columns_for_a_run_of_the_quick_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick start's corpus size (619,024 + 32,620 tokens, 101 characters) into
+    runs/quickstart/data: before, "wrote ..." took 86 columns, so a terminal of 80 wrapped it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(metrics, "stderr", Console(stderr=True, width=80))
+    letters = [chr(c) for c in range(32, 127)] + list("éèàçœ")  # 100, and the line break
+    rng = random.Random(0)
+    lines = ("".join(rng.choice(letters) for _ in range(79)) for _ in range(651_644 // 80))
+    Path("corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = cli("prepare", "corpus.txt", "--out", "runs/quickstart/data")
+    assert result.exit_code == 0, result.stderr
+    printed = result.stderr.splitlines()
+    (wrote,) = [line for line in printed if line.startswith("wrote runs/quickstart/data: 6")]
+    assert wrote.endswith("char vocab 102") and printed[-1].startswith("prepared "), printed
+    assert all(cell_len(line) <= 80 for line in printed), printed

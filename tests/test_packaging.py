@@ -160,7 +160,7 @@ def test_lock_pins_every_dependency_within_its_range() -> None:
     assert any("extra ==" in text for text in declared)
     for text in declared:
         req = Requirement(text)
-        extras = ("dev", "onnx", "tensorboard", "transformers")  # what scripts/setup.sh installs
+        extras = ("dev", "onnx", "tensorboard", "transformers", "wandb")  # scripts/setup.sh's
         if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
             continue
         name = re.sub(r"[-_.]+", "-", req.name).lower()

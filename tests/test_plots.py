@@ -1,4 +1,5 @@
-"""Training-curve and gradient plots to PNG, and the diagnostics training writes for them."""
+"""Training-curve and gradient plots (PNG, SVG, PDF, ...), and the diagnostics training writes
+for them."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_plot_command(two_runs: list[Path], tmp_path: Path):
 def test_plot_command_errors(two_runs: list[Path], tmp_path: Path):
     missing = cli(*["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert missing.exit_code == 1 and "metrics.jsonl" in missing.output
-    not_png = cli(*["plot", str(two_runs[0]), "--out", str(tmp_path / "x.pdf")])
+    not_png = cli(*["plot", str(two_runs[0]), "--out", str(tmp_path / "x.docx")])
     assert not_png.exit_code == 2 and ".png" in not_png.output
 
 
@@ -70,3 +71,59 @@ def test_gradient_profiles_plot(tmp_path: Path):
     ]
     out = plot_gradient_profiles(profiles, tmp_path / "g.png")
     assert out.read_bytes().startswith(PNG)
+
+
+# -- the figure's format is its suffix: any that matplotlib writes, the others refused ---------
+
+MAGIC = {".png": PNG, ".svg": b"<?xml", ".pdf": b"%PDF", ".eps": b"%!PS", ".jpg": b"\xff\xd8"}
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".pdf", ".eps", ".jpg", ".PNG"])
+def test_plot_writes_the_format_its_suffix_names(
+    two_runs: list[Path], tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"curves{suffix}"
+    result = cli("plot", *two_runs, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip() == f"wrote {out}"
+    assert out.read_bytes().startswith(MAGIC[suffix.lower()])
+    if suffix == ".svg":
+        assert b"<svg" in out.read_bytes()[:1000]
+
+
+def refusal(path: Path) -> str:
+    from charlm.diagnostics.figure_files import figure_formats
+
+    formats = figure_formats()
+    assert formats[:3] == ("png", "svg", "pdf") and "eps" in formats
+    given = f"'{path.suffix.lower()}'" if path.suffix else "no suffix"
+    return (
+        f"charlm: error: {path}: {given} is not a figure format matplotlib writes; give a name "
+        "ending in " + ", ".join(f".{f}" for f in formats)
+    )
+
+
+@pytest.mark.parametrize("name", ["curves.docx", "curves", "curves.png.txt"])
+def test_plot_refuses_a_suffix_matplotlib_does_not_write_in_one_line(
+    two_runs: list[Path], tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / name
+    result = cli("plot", *two_runs, "--out", out)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [refusal(out)]
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary
+
+
+def test_gradients_figures_take_the_same_formats(tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("abcab cabbac\n" * 40, encoding="utf-8")
+    tiny = ["--set", "model.layers=1", "--set", "model.hidden_size=8", "--max-lag", "3"]
+    args = ["gradients", "--text", text, *tiny, "--batch", "2", "--fresh", "gru"]
+    svg, pdf, bad = tmp_path / "g.svg", tmp_path / "h.pdf", tmp_path / "s.docx"
+    refused = cli(*args, "--plot", svg, "--histograms", pdf, "--singular-values", bad)
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().splitlines() == [refusal(bad)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.txt"]  # refused before drawing
+    result = cli(*args, "--plot", svg, "--histograms", pdf)
+    assert result.exit_code == 0, result.stderr
+    assert svg.read_bytes().startswith(b"<?xml") and pdf.read_bytes().startswith(b"%PDF")

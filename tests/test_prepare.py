@@ -50,6 +50,8 @@ def test_char_outputs_and_meta(corpus_file: Path, english_text: str, tmp_path: P
         "val.bin",
         "meta.json",
         "tokenizer.json",
+        "tokenizer_config.json",  # these two for transformers' AutoTokenizer
+        "special_tokens_map.json",
     }
     assert META_KEYS <= set(meta)
     assert json.loads((out / "meta.json").read_text()) == meta

@@ -139,8 +139,8 @@ def test_a_bad_fresh_name_or_figure_name_is_refused_before_writing(tmp_path: Pat
     text = write_corpus(tmp_path)
     bad = _fresh("--fresh", "rnn,grux", "--text", text, "--plot", tmp_path / "g.png")
     assert bad.exit_code == 2 and "'grux' is not a cell or preset" in bad.stderr
-    pdf = _fresh("--fresh", "rnn", "--text", text, "--histograms", tmp_path / "h.pdf")
-    assert pdf.exit_code == 2 and "h.pdf" in pdf.stderr
+    docx = _fresh("--fresh", "rnn", "--text", text, "--histograms", tmp_path / "h.docx")
+    assert docx.exit_code == 2 and "h.docx" in docx.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
 
 

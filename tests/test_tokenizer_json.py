@@ -3,6 +3,7 @@ elsewhere"): with `tokenizers` alone, and with transformers' PreTrainedTokenizer
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from itertools import chain
@@ -11,7 +12,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from charlm.data.prepare import PrepareSettings, load_prepared, prepare
 from charlm.data.tokenizer import (
+    HF_SPECIAL_TOKENS,
+    HF_TOKENIZER_CONFIG,
     Encoder,
     build_tokenizer,
     save_tokenizer,
@@ -20,7 +24,8 @@ from charlm.data.tokenizer import (
     split_sentences,
     transformers_tokens,
 )
-from tests.helpers import readme_blocks, train_tiny, write_corpus
+from charlm.rundir.names import TOKENIZER_EXTRAS
+from tests.helpers import cli, readme_blocks, train_tiny, write_corpus
 
 TRAIN = (
     "The cat sat. The dog ran!\nMr. Smith said: hello world.\n"
@@ -105,3 +110,73 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
     tokenizer = Tokenizer.from_file(str(tmp_path / "runs" / "mine" / "data" / "tokenizer.json"))
     ids = Encoder(tokenizer, "char").encode("The cat").tolist()
     assert done.stdout.strip() == f"<unk> {ids}"
+
+
+# -- tokenizer_config.json and special_tokens_map.json: AutoTokenizer.from_pretrained(folder) --
+
+
+def auto_tokenizer(folder: Path) -> object:
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(folder))  # a local folder: no network
+
+
+@pytest.mark.parametrize(("level", "settings"), SETTINGS)
+def test_prepared_data_loads_in_auto_tokenizer_with_its_special_tokens(
+    tmp_path: Path, level: str, settings: dict
+) -> None:
+    corpus = write_corpus(tmp_path, TRAIN)
+    out = tmp_path / "data"
+    prepare(corpus, out, PrepareSettings(level=level, vocab_size=300, **settings), False)
+    hf = auto_tokenizer(out)
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    special, tokens = special_ids(tokenizer), transformers_tokens(tokenizer)
+    assert type(hf).__name__ in ("PreTrainedTokenizerFast", "TokenizersBackend")
+    assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id) == (
+        special["unk"], special["start"], special["end"],
+    )  # fmt: skip
+    assert hf.pad_token == tokens["pad_token"] and hf.pad_token_id is not None
+    if level == "word":  # the tokens the level really has, by name
+        assert hf.unk_token == "UNKNOWN_TOKEN"
+        assert hf.eos_token == ("<eos>" if settings else "SENTENCE_END")
+        assert hf.bos_token == (None if settings else "SENTENCE_START")
+    if level == "char":
+        assert (hf.unk_token, hf.bos_token, hf.eos_token) == ("<unk>", None, None)
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert {"unk_token", "pad_token", "bos_token", "eos_token"} <= set(config)  # null: none
+    encoder = Encoder(tokenizer, level)
+    for text in TEXTS:
+        ids = hf(pieces(level, settings, text))["input_ids"]
+        assert list(chain.from_iterable(ids)) == encoder.encode(text).tolist(), text
+
+
+def test_a_runs_data_and_checkpoints_load_in_auto_tokenizer(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path)
+    assert train_tiny(corpus, "--out", tmp_path / "run", steps=2).exit_code == 0
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("step-*")
+    for folder in (tmp_path / "run" / "data", checkpoint):
+        hf = auto_tokenizer(folder)
+        assert (hf.unk_token, hf.pad_token, hf.unk_token_id) == ("<unk>", "<unk>", 0), folder
+    averaged = tmp_path / "avg"
+    assert cli("average", tmp_path / "run", "--last", "1", "--out", averaged).exit_code == 0
+    assert auto_tokenizer(averaged).unk_token == "<unk>"
+
+
+def test_the_two_wings_name_the_same_files() -> None:
+    assert (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS) == TOKENIZER_EXTRAS
+
+
+def test_data_prepared_before_these_files_keeps_loading_and_is_reused_as_it_is(
+    tmp_path: Path,
+) -> None:
+    corpus = write_corpus(tmp_path)
+    out = tmp_path / "data"
+    settings = PrepareSettings()
+    prepare(corpus, out, settings, False)
+    for name in TOKENIZER_EXTRAS:  # as charlm wrote prepared data before
+        (out / name).unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prepare(corpus, out, settings, False)  # reused: nothing written
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_prepared(out).meta["level"] == "char"
+    assert train_tiny("--data", out, "--out", tmp_path / "run", steps=2).exit_code == 0

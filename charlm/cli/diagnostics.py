@@ -63,14 +63,21 @@ def gradients(
     batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
     json_out: JsonOpt = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw the figure here (.png, .svg, .pdf, ...)."),
+    ] = None,
     histograms: Annotated[
         Path | None,
-        typer.Option("--histograms", help="Also draw gate-activation histograms (PNG)."),
+        typer.Option(
+            "--histograms", help="Also draw gate-activation histograms (.png, .svg, ...)."
+        ),
     ] = None,
     singular_values: Annotated[
         Path | None,
-        typer.Option("--singular-values", help="Also draw W_hh's singular values (PNG)."),
+        typer.Option(
+            "--singular-values", help="Also draw W_hh's singular values (.png, .svg, ...)."
+        ),
     ] = None,
     device: DeviceOpt = "cpu",
     which: WhichOpt = "best",
@@ -113,13 +120,16 @@ def gradients(
 @handle_errors
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to overlay.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Figure to write: .png, .svg, .pdf, ... by its suffix."),
+    ],
     x: Annotated[
         str, typer.Option("--x", help="Against step, tokens (trained on) or time (seconds).")
     ] = "step",
 ) -> None:
-    """Training and validation curves (loss, bits per char, gradient norm) of runs overlaid, as
-    a PNG: one colour per run, named in the legend.
+    """Training and validation curves (loss, bits per char, gradient norm) of runs overlaid, in
+    one figure (.png, .svg, .pdf, ...: any format matplotlib writes): one colour per run.
 
     Examples:
       charlm plot runs/rnn runs/gru runs/lstm --out curves.png

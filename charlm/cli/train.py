@@ -130,9 +130,9 @@ def prepare(
     with spooled(text) as source, spooled(val_file) as val_source:
         settings = dataclasses.replace(settings, val_file=val_source)
         meta = run_prepare(source, out, settings)
-    say(
-        f"prepared {out}: {meta['level']} vocabulary {meta['vocab_size']:,}; "
-        f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens"
+    say(  # as prepare's "wrote" line: 80 columns hold it for runs/NAME/data
+        f"prepared {out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+        f"{meta['level']} vocab {meta['vocab_size']:,}"
     )
 
 

@@ -129,8 +129,9 @@ def evaluate(
             csv_column=csv_column,
             mask=mask,
         )
-    if json_out:
-        print(json.dumps(result.as_dict()))
+    if json_out:  # what was scored (the checkpoint folder, its step and level), then the scores
+        scored = {"checkpoint": str(lm.path), "step": lm.step, "level": lm.level}
+        print(json.dumps({**scored, **result.as_dict()}))
         return
     print(
         f"tokens {result.tokens:,}  loss {result.loss:.4f} nats/token  "

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from charlm.config import DataConfig
 from charlm.data.corpora import builtin_corpus_text
 from charlm.data.reading import TextSource, find_split, split_chunks
 from charlm.data.tokenizer import (
+    HF_SPECIAL_TOKENS,
+    HF_TOKENIZER_CONFIG,
     LEGACY_SENTENCE_SPLIT,
     SEGMENTS,
     SENTENCE_SPLITS,
@@ -29,9 +30,10 @@ from charlm.data.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     special_ids,
+    transformers_files,
 )
 from charlm.errors import DataError, UsageError
-from charlm.system.console import progress_bar
+from charlm.system.console import print_line, progress_bar
 from charlm.system.files import (
     fsync_file,
     refusing,
@@ -45,6 +47,8 @@ FORMAT_VERSION = 1
 TRAIN_FILE, VAL_FILE = "train.bin", "val.bin"
 META_FILE, TOKENIZER_FILE = "meta.json", "tokenizer.json"
 TRAIN_MASK, VAL_MASK = "train.mask", "val.mask"  # char level, when the input has a mask file
+# Beside tokenizer.json, for transformers' AutoTokenizer (data prepared before has none).
+HF_FILES = (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS)
 TRUTH_FILE = "truth.json"  # beside a synthetic task's text: names the mask's groups
 CHUNK_CHARS = 4 << 20  # text is encoded and written in pieces of about this many characters
 ERROR_MODES = ("strict", "replace")
@@ -218,7 +222,7 @@ _DEFAULTS = PrepareSettings().as_dict()
 
 def _holds_only_our_files(data_dir: Path) -> bool:
     """Whether every entry is a file that prepare writes (an interrupted run leaves such a folder)."""
-    ours = {TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE, TRAIN_MASK, VAL_MASK}
+    ours = {TRAIN_FILE, VAL_FILE, META_FILE, TOKENIZER_FILE, TRAIN_MASK, VAL_MASK, *HF_FILES}
     return all(
         entry.name in ours or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
         for entry in data_dir.iterdir()
@@ -256,8 +260,8 @@ class _Reporter:
         self.enabled = enabled
 
     def line(self, message: str) -> None:
-        if self.enabled:
-            print(message, file=sys.stderr, flush=True)
+        if self.enabled:  # a terminal wraps it at a space, not inside a word
+            print_line(message)
 
     def bar(
         self, description: str, total: int, unit: str = "characters"
@@ -401,9 +405,9 @@ def prepare(
         tokenizer = _train_tokenizer(inputs, settings, report)
     with refusing(out_dir, "choose another output folder"):
         meta = _write_folder(out_dir, inputs, tokenizer, plan, report)
-    report.line(
-        f"wrote {out_dir}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, "
-        f"vocabulary {meta['vocab_size']:,} ({settings.level})"
+    report.line(  # 80 columns hold it for runs/NAME/data (README, "Watching a run")
+        f"wrote {out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+        f"{settings.level} vocab {meta['vocab_size']:,}"
     )
     return meta
 
@@ -531,7 +535,7 @@ def _write_prepared(
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = choose_dtype(vocab_size)
     encoder = Encoder(tokenizer, settings.level)
-    names = (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, TRAIN_MASK, VAL_MASK, META_FILE)
+    names = (TRAIN_FILE, VAL_FILE, TOKENIZER_FILE, *HF_FILES, TRAIN_MASK, VAL_MASK, META_FILE)
     temps = {name: out_dir / f".{name}.tmp" for name in names}
     cut, total_chars = inputs.cut, inputs.total_chars
     try:
@@ -558,6 +562,8 @@ def _write_prepared(
             temps[TOKENIZER_FILE].write_text(plan.vocabulary, encoding="utf-8")
         else:
             save_tokenizer(tokenizer, temps[TOKENIZER_FILE])
+        for name, text in transformers_files(tokenizer).items():
+            temps[name].write_text(text, encoding="utf-8")
         meta = {
             "format": FORMAT_VERSION,
             "level": settings.level,

@@ -394,6 +394,31 @@ def transformers_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     return {"pad_token": str(tokenizer.id_to_token(0))}
 
 
+# Written beside every tokenizer.json charlm writes (prepared data, checkpoints), so that
+# `transformers.AutoTokenizer.from_pretrained(FOLDER)` gets the special tokens too.
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_SPECIAL_TOKENS = "special_tokens_map.json"
+_HF_ROLES = ("unk_token", "pad_token", "bos_token", "eos_token")
+
+
+def transformers_files(tokenizer: Tokenizer) -> dict[str, str]:
+    """tokenizer_config.json and special_tokens_map.json for `tokenizer` (file name -> text):
+    the class PreTrainedTokenizerFast and the `transformers_tokens` the level has; a role the
+    level lacks (char: start and end; bpe: unknown, start and end) is null in the config and
+    absent from the map, as transformers writes them."""
+    tokens = transformers_tokens(tokenizer)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **{role: tokens.get(role) for role in _HF_ROLES},
+        "clean_up_tokenization_spaces": False,  # decode as tokenizer.json's decoder does
+    }
+    present = {role: tokens[role] for role in _HF_ROLES if role in tokens}
+    return {
+        HF_TOKENIZER_CONFIG: json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+        HF_SPECIAL_TOKENS: json.dumps(present, indent=2, ensure_ascii=False) + "\n",
+    }
+
+
 def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
     """Write `tokenizer.json` (readable by `Tokenizer.from_file`)."""
     tokenizer.save(str(path))

@@ -1,4 +1,4 @@
-"""PNG figures: training curves from runs' metrics.jsonl (the cells' insides: figures.py)."""
+"""Training curves from runs' metrics.jsonl, as a figure (the cells' insides: figures.py)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from charlm.diagnostics.figure_files import check_figure_path, pyplot, save_figure
 from charlm.errors import DataError, UsageError
 from charlm.rundir.records import read_metrics
-from charlm.system.files import (
-    check_destination,
-    refusing,
-    remove_stale_temporaries,
-    replace_durably,
-    temporary_sibling,
-)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed, none opened
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, out: Path) -> Path:
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"{out}: the figure is written as PNG; give a name ending in .png")
-    check_destination(out, "choose another name for the figure")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # a killed plot's
-    temp = temporary_sibling(out)
-    try:
-        with refusing(out, "choose another name for the figure"):
-            fig.savefig(temp, dpi=90, format="png")  # a killed plot leaves no half-drawn PNG
-            replace_durably(temp, out)
-    finally:
-        temp.unlink(missing_ok=True)
-        _pyplot().close(fig)
-    return out
-
 
 # --x: what the curves are drawn against, and how the axis says it.
 X_AXES = {"step": "step", "tokens": "training tokens", "time": "training time (s)"}
@@ -109,9 +75,10 @@ def plot_runs(
     runs' best validation losses."""
     if not run_dirs:
         raise UsageError("give at least one run directory")
+    check_figure_path(out)  # before reading anything
     runs = _read_runs(run_dirs, x)
     labels = list(labels) if labels else run_labels(run_dirs)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_bpc, ax_grad) = plt.subplots(1, 3, figsize=(13, 4.1), sharex=True)
     for i, (records, label) in enumerate(zip(runs, labels, strict=True)):
         colour = f"C{i % 10}"
@@ -131,4 +98,4 @@ def plot_runs(
         ax.grid(alpha=0.3)
     fig.text(0.5, 0.01, _caption(runs, labels, x), ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from charlm.diagnostics.curves import _pyplot, _save
+from charlm.diagnostics.figure_files import pyplot, save_figure
 from charlm.diagnostics.gradients import BURN_IN
 from charlm.errors import UsageError
 
@@ -51,7 +51,7 @@ def plot_gradient_profiles(
         raise UsageError("no gradient profiles to plot")
     labels = list(labels) if labels else [p.label or p.cell or p.source for p in profiles]
     layers = max(p.layers for p in profiles)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, layers, figsize=(6.5 + 4 * (layers - 1), 4.6), sharex=True, sharey=True, squeeze=False
     )
@@ -80,7 +80,7 @@ def _captioned(fig: Any, caption: str, out: Path) -> Path:
     lines = textwrap.wrap(caption, width=int(fig.get_figwidth() * 15))
     fig.tight_layout(rect=(0, 0.035 * len(lines) + 0.02, 1, 1))
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, va="bottom", ha="left", color="0.25")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 _RANGES = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0), "relu": (0.0, None)}
@@ -93,7 +93,7 @@ def plot_activations(stats: Sequence[ActivationStats], out: Path, caption: str) 
     if not stats:
         raise UsageError("no activations to plot")
     cols = max(len(s.kinds) for s in stats)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(stats), cols, figsize=(2.6 * cols + 0.6, 1.9 * len(stats) + 0.9), squeeze=False
     )
@@ -120,7 +120,7 @@ def plot_singular_values(
     if not spectra:
         raise UsageError("no models to plot")
     layers = max(len(layers) for _, layers in spectra)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, layers, figsize=(6.5 + 4 * (layers - 1), 4.4), sharex=True, sharey=True, squeeze=False
     )

@@ -13,12 +13,12 @@ from charlm.data.prepare import read_text
 from charlm.diagnostics import figures
 from charlm.diagnostics.activations import activation_stats
 from charlm.diagnostics.activations import singular_values as svs
+from charlm.diagnostics.figure_files import check_figure_path
 from charlm.diagnostics.gradients import MEASURES, NORMS, POSITIONS, GradientProfile, measure_model
 from charlm.diagnostics.subjects import Subject, fresh_subjects, run_subjects, task_targets
 from charlm.errors import UsageError
 from charlm.rundir.names import check_which
 from charlm.system.device import resolve_device
-from charlm.system.files import check_destination
 
 Say = Callable[[str], None]
 
@@ -56,8 +56,8 @@ def gradient_report(
     `runs` are run directories; without them, `fresh` names fresh models (cells or presets,
     comma-separated) built from `config` and `overrides`. Messages for people go to `say`.
     """
-    pngs = [p for p in (plot, histograms, singular_values) if p is not None]
-    check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, pngs)
+    figures_out = [p for p in (plot, histograms, singular_values) if p is not None]
+    check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, figures_out)
     assert text is not None
     raw = read_text(text, csv_column=None)
     subjects = gradient_subjects(runs, raw, config, overrides, fresh, checkpoints, which, device)
@@ -103,7 +103,7 @@ def check_gradient_options(
     at: str,
     measure: str,
     norm: str,
-    pngs: Sequence[Path],
+    figures_out: Sequence[Path],
 ) -> None:
     """Every refusal of `charlm gradients` before anything is read or written."""
     for flag, value, choices in (
@@ -117,10 +117,8 @@ def check_gradient_options(
         raise UsageError("--text FILE is required (the windows are drawn from it)")
     if runs and (config is not None or overrides or fresh):
         raise UsageError("give run directories or --fresh/--config/--set (fresh models), not both")
-    for png in pngs:
-        if png.suffix.lower() != ".png":
-            raise UsageError(f"{png}: the figure is written as PNG; give a name ending in .png")
-        check_destination(png, "choose another name for the figure")  # before measuring
+    for figure in figures_out:
+        check_figure_path(figure)  # its format and folder, before measuring
 
 
 def gradient_subjects(

@@ -22,7 +22,7 @@ from charlm.rundir.checkpoint import (
     load_checkpoint,
     step_dirs,
 )
-from charlm.rundir.names import CONFIG, META, MODEL, STATE, TOKENIZER
+from charlm.rundir.names import CONFIG, META, MODEL, STATE, TOKENIZER, TOKENIZER_EXTRAS
 from charlm.system.files import (
     check_destination,
     fsync_file,
@@ -132,6 +132,9 @@ def _write(out: Path, model: torch.nn.Module, info: dict, newest: LoadedCheckpoi
             (tmp / STATE).write_text(json.dumps(info, indent=1), encoding="utf-8")
             (tmp / CONFIG).write_text(config_to_yaml(newest.config), encoding="utf-8")
             (tmp / TOKENIZER).write_text(newest.tokenizer_json, encoding="utf-8")
+            for name in TOKENIZER_EXTRAS:  # transformers' files, where the newest has them
+                if (newest.path / name).is_file():
+                    shutil.copyfile(newest.path / name, tmp / name)
             (tmp / META).write_text(json.dumps(newest.meta, indent=1), encoding="utf-8")
             for file in tmp.iterdir():
                 fsync_file(file)

@@ -209,11 +209,14 @@ def save_checkpoint(
     is_best: bool,
     keep: int,
     raw_weights: dict[str, torch.Tensor] | None = None,
+    tokenizer_files: dict[str, str] | None = None,
 ) -> Path:
     """Write step-NNNNNNNN/ atomically, move the pointers, prune old ones; returns the folder.
 
     `raw_weights` (NT-ASGD, while averaging): the weights the optimiser steps, saved beside the
     model's (which then hold the average) as raw_model.safetensors, for resume.
+    `tokenizer_files`: name -> text of files beside tokenizer.json (TOKENIZER_EXTRAS: the
+    special tokens for transformers, data/tokenizer.transformers_files); never read by charlm.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -229,6 +232,8 @@ def save_checkpoint(
             info = _write_files(
                 tmp, model, optimizer, config, tokenizer_json, meta, state, raw_weights
             )
+            for file_name, text in (tokenizer_files or {}).items():
+                (tmp / file_name).write_text(text, encoding="utf-8")
             for file in tmp.iterdir():
                 fsync_file(file)
     except (OSError, RuntimeError) as exc:

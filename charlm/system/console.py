@@ -20,7 +20,9 @@ stderr = Console(stderr=True)
 def print_line(text: str) -> None:
     """A message on stderr: wrapped at the width of a terminal, one unbroken line elsewhere
     (rich would hard-wrap at 80 columns in a log file or CI output)."""
-    stderr.print(text, highlight=False, soft_wrap=not stderr.is_terminal)
+    stderr.print(
+        text, highlight=False, markup=False, emoji=False, soft_wrap=not stderr.is_terminal
+    )  # a path's "[x]" or ":x:" is text
 
 
 def utc_now() -> str:

@@ -37,6 +37,7 @@ from charlm.training.resume import (
 from charlm.training.step import with_precision
 from charlm.training.tensorboard_log import check_tensorboard
 from charlm.training.trainer import Trainer, TrainResult
+from charlm.training.wandb_log import check_wandb
 from charlm.training.warmstart import WarmStart, open_warm_start
 
 
@@ -70,6 +71,7 @@ def train(
     # and recovering"): the data is found and checked, not yet prepared.
     check_memory(config, vocab_estimate(config, loaded or (warm and warm.source), data_dir))
     check_tensorboard(config.train.tensorboard)
+    check_wandb(config.train.wandb)
     settings = PrepareSettings.from_config(config.data, val_file, errors)
     plan = plan_data(
         run_dir,

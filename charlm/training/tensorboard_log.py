@@ -1,26 +1,24 @@
 """TensorBoard event files of a run's metrics records (train.tensorboard, the `tensorboard` extra).
 
 `TensorBoardLog.write` takes the same records as metrics.jsonl, at the same steps: every number
-of a "train" or "val" record becomes a scalar named KIND/FIELD (a list, such as
-grad_norm_layers, one scalar per item: val/grad_norm_layers/0, ...), and a "sample" record
-becomes the text "sample". The writer is torch's own `torch.utils.tensorboard.SummaryWriter`,
-which needs the `tensorboard` package; watch a run with `tensorboard --logdir RUN_DIR/tensorboard`.
+of a "train" or "val" record becomes a scalar tagged as tracking.py says (train/loss,
+eval/loss, eval/bpc, ...), and a "sample" record becomes the text "sample". The writer is
+torch's own `torch.utils.tensorboard.SummaryWriter`, which needs the `tensorboard` package;
+watch a run with `tensorboard --logdir RUN_DIR/tensorboard`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import threading
 from pathlib import Path
 from typing import Any
 
 from charlm.errors import CharlmError
 from charlm.system.files import writing
+from charlm.training.tracking import scalars
 
 EXTRA = "pip install 'charlm-rnn[tensorboard]'"
-SCALAR_KINDS = ("train", "val")
-_NOT_SCALARS = {"kind", "step", "time"}
 
 
 def check_tensorboard(wanted: bool) -> None:
@@ -30,25 +28,6 @@ def check_tensorboard(wanted: bool) -> None:
             f"train.tensorboard=true needs the tensorboard package: {EXTRA} "
             "(or --set train.tensorboard=false)"
         )
-
-
-def scalars(record: dict[str, Any]) -> dict[str, float]:
-    """The scalars of one record by TensorBoard tag; None, NaN and text are left out."""
-    kind = record.get("kind")
-    if kind not in SCALAR_KINDS:
-        return {}
-    found: dict[str, float] = {}
-    for key, value in record.items():
-        if key in _NOT_SCALARS:
-            continue
-        values = value if isinstance(value, list) else [value]
-        for index, item in enumerate(values):
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
-                continue
-            if math.isfinite(item):
-                tag = f"{kind}/{key}" if not isinstance(value, list) else f"{kind}/{key}/{index}"
-                found[tag] = float(item)
-    return found
 
 
 class TensorBoardLog:

@@ -30,6 +30,7 @@ from charlm.data.batching import (
     make_batcher,
 )
 from charlm.data.prepare import PreparedData, load_prepared, prepare
+from charlm.data.tokenizer import transformers_files
 from charlm.errors import TrainingStopped, UsageError
 from charlm.inference.evaluate import EvalResult, evaluate_ids, make_result
 from charlm.model.cells import CELLS, State
@@ -40,7 +41,7 @@ from charlm.rundir.checkpoint import (
     TrainingState,
     save_checkpoint,
 )
-from charlm.rundir.names import CHECKPOINTS, CONFIG, METRICS, TENSORBOARD, TOKENIZER
+from charlm.rundir.names import CHECKPOINTS, CONFIG, METRICS, TENSORBOARD, TOKENIZER, WANDB_RUN
 from charlm.rundir.records import MetricsLog, train_record, val_record
 from charlm.system.console import print_line
 from charlm.system.device import resolve_device, set_threads
@@ -49,7 +50,7 @@ from charlm.system.files import atomic_write_text
 from charlm.system.threads import LoadMeter, ThreadGovernor, openmp_policy, step_macs
 from charlm.tasks.curriculum import TaskRun
 from charlm.training.budget import Budget, rank0_reading
-from charlm.training.display import Throughput, TrainingDisplay
+from charlm.training.display import Throughput, TrainingDisplay, status_line
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.training.ntasgd import WeightAverager
 from charlm.training.optimizers import build_optimizer, patch_resumed_optimizer
@@ -72,6 +73,7 @@ from charlm.training.sample_at_eval import draw_sample
 from charlm.training.schedules import bptt_length, learning_rate, variable_bptt_steps
 from charlm.training.step import GuardContext, StepTally, TrainStep, make_guard
 from charlm.training.tensorboard_log import TensorBoardLog
+from charlm.training.tracking import Trackers
 from charlm.training.validation import ValidationPolicy
 from charlm.training.warmstart import WarmStart, describe
 
@@ -213,15 +215,11 @@ class Trainer:
             config_yaml = config_to_yaml(self.config)
             atomic_write_text(self.run_dir / CONFIG, config_yaml)
         resumed_at = self.step if self.loaded else None
-        board = None
-        if self.config.train.tensorboard and self.dist.is_main:
-            purge = None if resumed_at is None else resumed_at + 1
-            board = TensorBoardLog(self.run_dir / TENSORBOARD, purge_step=purge)
         self.metrics = MetricsLog(
             self.run_dir / METRICS,
             truncate_after=resumed_at,
             enabled=self.dist.is_main,
-            mirror=board,
+            mirror=self._trackers(resumed_at),
         )
         t = self.config.train
         warm = self.warm.summary(self.data.meta) if self.warm else {}
@@ -241,6 +239,7 @@ class Trainer:
                 print_line(describe(warm, self.vocab_size))
         self.tokenizer_json = (self.data.data_dir / TOKENIZER).read_text(encoding="utf-8")
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)  # for the samples
+        self.tokenizer_files = transformers_files(self.tokenizer)  # beside it in checkpoints
         self.display = TrainingDisplay(
             self.total_steps, self.step, enabled=self.show, budget=self.budget
         )
@@ -257,6 +256,23 @@ class Trainer:
             self.guard,
             self.averager,
         )
+
+    def _trackers(self, resumed_at: int | None) -> Trackers | None:
+        """TensorBoard and W&B as the settings ask (the main process only); W&B first, as the
+        one that may refuse to start (no login)."""
+        t, mirrors = self.config.train, []
+        self.wandb_log = None
+        if not self.dist.is_main:
+            return None
+        if t.wandb:
+            from charlm.training.wandb_log import WandbLog  # wandb loads only when asked for
+
+            self.wandb_log = WandbLog(self.run_dir, self.config, resumed=self.loaded is not None)
+            mirrors.append(self.wandb_log)
+        if t.tensorboard:
+            purge = None if resumed_at is None else resumed_at + 1
+            mirrors.append(TensorBoardLog(self.run_dir / TENSORBOARD, purge_step=purge))
+        return Trackers(mirrors) if mirrors else None
 
     def _print_header(self) -> None:
         config, dist, data, t = self.config, self.dist, self.data, self.config.train
@@ -303,6 +319,10 @@ class Trainer:
                     self._one_step(flag.received)
                     if self._after_step():
                         break
+        except BaseException as error:  # W&B records how the run ended (130, 143, 1)
+            if self.wandb_log is not None:
+                self.wandb_log.exit_code = getattr(error, "exit_code", 1)
+            raise
         finally:
             self.display.close()
             self.metrics.close()
@@ -408,11 +428,8 @@ class Trainer:
         hint = self.threads.busy_hint()
         if hint is not None:
             self.display.message(hint)
-        self.display.update(
-            self.step,
-            f"loss {mean_loss:.3f}  {rate:,.0f} tok/s  |g| {grad_norm:.2f}  clipped {clipped:.0%}",
-            is_log_step=True,
-        )
+        status = status_line(mean_loss, rate, grad_norm, clipped)
+        self.display.update(self.step, status, is_log_step=True)
 
     def _validate(self) -> tuple[bool, bool]:
         """Score the validation split and let the policy decide; returns (is best, stop)."""
@@ -489,7 +506,7 @@ class Trainer:
                 train_seed=t.seed,
             )
         self.metrics.write(sample.record())
-        self.display.message(f"step {self.step} sample:\n{sample.shown}")
+        self.display.sample(self.step, sample.shown)
 
     def _save(self, is_best: bool) -> None:
         """Every process takes part: rank 0 saves the carried state of all streams and each
@@ -523,6 +540,7 @@ class Trainer:
                 is_best=is_best,
                 keep=self.config.train.keep_checkpoints,
                 raw_weights=raw,
+                tokenizer_files=self.tokenizer_files,
             )
         dist.barrier()
 
@@ -611,10 +629,11 @@ class _SignalFlag:
 
 def _clear_run(run_dir: Path) -> None:
     """--force: remove what a previous run wrote (checkpoints, metrics, config, TensorBoard
-    events), keep data/."""
+    events, the W&B run's id: a new W&B run starts), keep data/ and W&B's own files (wandb/: an
+    offline run there may not be synced yet)."""
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
-    for name in (METRICS, CONFIG):
+    for name in (METRICS, CONFIG, WANDB_RUN):
         (run_dir / name).unlink(missing_ok=True)
 
 
