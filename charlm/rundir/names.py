@@ -1,7 +1,8 @@
 """The names of the files and folders a run directory and a checkpoint hold (one place for all).
 
     RUN_DIR/config.yaml, metrics.jsonl, data/ (when train prepared the text), checkpoints/,
-            tensorboard/ (train.tensorboard: event files)
+            tensorboard/ (train.tensorboard: event files), trainer.lock and, while one
+            trains, trainer.pid (lock.py names those two)
     checkpoints/step-NNNNNNNN/  model.safetensors, optimizer.pt, train_state.safetensors,
                                 raw_model.safetensors (NT-ASGD), state.json, config.yaml,
                                 tokenizer.json, meta.json
