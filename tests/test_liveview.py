@@ -282,8 +282,8 @@ def test_plot_against_tokens_refuses_a_run_that_never_counted_them(
     result = cli("plot", two_runs[0], old, "--x", "tokens", "--out", out)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"charlm: error: {old / 'metrics.jsonl'}: its records have no tokens (a run from before "
-        "charlm 0.2, or resumed from one); plot it with --x step"
+        f"charlm: error: {old / 'metrics.jsonl'}: its records have no tokens (a run trained by an "
+        "earlier charlm, or resumed from one); plot it with --x step"
     ]
     assert not out.exists()
     assert cli("plot", old, "--x", "step", "--out", out).exit_code == 0

@@ -73,8 +73,8 @@ def _read_runs(run_dirs: Sequence[Path], x: str) -> list[list[dict[str, Any]]]:
         scored = [r for r in records if r.get("kind") in ("train", "val")]
         if x != "step" and scored and all(r.get(_X_KEYS[x]) is None for r in scored):
             raise DataError(
-                f"{path}: its records have no {_X_KEYS[x]} (a run from before charlm 0.2, or "
-                "resumed from one); plot it with --x step"
+                f"{path}: its records have no {_X_KEYS[x]} (a run trained by an "
+                "earlier charlm, or resumed from one); plot it with --x step"
             )
         runs.append(records)
     return runs

@@ -30,7 +30,7 @@ def train_record(
     steps skipped so far, tokens per second since the last record, seconds of training so far
     (continued across resumes: the checkpoint keeps it), the CPU threads it trained with
     (train.threads, charlm/system/threads.py), and the training targets read so far (every process,
-    continued across resumes; null after resuming a checkpoint from before charlm 0.2)."""
+    continued across resumes; null after resuming a checkpoint written by an earlier charlm that kept no count)."""
     return {
         "kind": "train",
         "step": step,
