@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import (
@@ -21,6 +22,9 @@ from tokenizers import (
 )
 
 from charlm.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from charlm.config import DataConfig
 
 LEVELS = ("char", "word", "bpe")
 _NO_CAP = 2**31 - 1  # the word trainer's vocab_size for "keep every word"
@@ -37,7 +41,7 @@ WORD_SPLITS = ("rules", "whitespace")
 # Where segments="sentences" ends a sentence (docs/results.md, "Sentence splitting"). pysbd: the
 # pysbd package (rule-based sentence boundary disambiguation, pure Python, nothing downloaded)
 # decides at each place the rule below offers; rules: that rule alone, with 15 abbreviations
-# (charlm 0.x's splitter, still what a word tokenizer that records no splitter uses).
+# (the splitter of earlier charlm versions, still what a word tokenizer that records no splitter uses).
 SENTENCE_SPLITS = ("pysbd", "rules")
 LEGACY_SENTENCE_SPLIT = "rules"  # a word tokenizer or prepared data that names none used this
 # A word tokenizer built with sentence_split="pysbd" says so in its post-processor: an entry
@@ -208,6 +212,21 @@ def build_tokenizer(
     if vocab_size < 1:
         raise UsageError(f"vocab_size {vocab_size} is too small; use a positive number")
     return _build_bpe(text_chunks, vocab_size)
+
+
+def tokenizer_for(data: DataConfig, text_chunks: Iterable[str]) -> Tokenizer:
+    """`build_tokenizer` with every data.* setting that shapes a tokenizer taken from `data`,
+    so that a caller building one from a config (a fresh model to measure) leaves none at its
+    default."""
+    return build_tokenizer(
+        data.level,
+        text_chunks,
+        data.vocab_size,
+        lowercase=data.lowercase,
+        segments=data.segments,
+        word_split=data.word_split,
+        sentence_split=data.sentence_split,
+    )
 
 
 def _code_points(text: str) -> np.ndarray:
