@@ -21,12 +21,13 @@ from tokenizers import (
     trainers,
 )
 
+from charlm.config import setting_choices
 from charlm.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from charlm.config import DataConfig
 
-LEVELS = ("char", "word", "bpe")
+LEVELS = setting_choices("data.level")
 _NO_CAP = 2**31 - 1  # the word trainer's vocab_size for "keep every word"
 
 CHAR_UNK = "<unk>"
@@ -36,13 +37,13 @@ WORD_SPECIALS = (SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN)
 # in LINE_END and nothing marks a start.
 LINE_END = "<eos>"
 LINE_SPECIALS = (LINE_END, UNKNOWN_TOKEN)
-SEGMENTS = ("sentences", "lines")
-WORD_SPLITS = ("rules", "whitespace")
+SEGMENTS = setting_choices("data.segments")
+WORD_SPLITS = setting_choices("data.word_split")
 # Where segments="sentences" ends a sentence (docs/results.md, "Sentence splitting"). pysbd: the
 # pysbd package (rule-based sentence boundary disambiguation, pure Python, nothing downloaded)
 # decides at each place the rule below offers; rules: that rule alone, with 15 abbreviations
 # (the splitter of earlier charlm versions, still what a word tokenizer that records no splitter uses).
-SENTENCE_SPLITS = ("pysbd", "rules")
+SENTENCE_SPLITS = setting_choices("data.sentence_split")
 LEGACY_SENTENCE_SPLIT = "rules"  # a word tokenizer or prepared data that names none used this
 # A word tokenizer built with sentence_split="pysbd" says so in its post-processor: an entry
 # of this name among TemplateProcessing's special tokens, which no template uses, so encoding

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from charlm.diagnostics.choices import X_AXES
 from charlm.errors import DataError, UsageError
 from charlm.rundir.records import read_metrics
 from charlm.system.files import (
@@ -44,8 +45,6 @@ def _save(fig: Any, out: Path) -> Path:
     return out
 
 
-# --x: what the curves are drawn against, and how the axis says it.
-X_AXES = {"step": "step", "tokens": "training tokens", "time": "training time (s)"}
 _X_KEYS = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
 
 

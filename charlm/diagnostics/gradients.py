@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from charlm.diagnostics.choices import MEASURES, NORMS
 from charlm.errors import DataError, UsageError
 from charlm.model.cells import cell_label, layer_of, map_state
 from charlm.model.network import RNNLanguageModel
@@ -89,11 +90,6 @@ def model_step(model: RNNLanguageModel) -> StepFn:
 
 def _per_layer(state: Any, layers: int) -> list[Any]:
     return [layer_of(state, i) for i in range(layers)]
-
-
-MEASURES = ("loss", "jacobian")
-NORMS = ("spectral", "frobenius")
-POSITIONS = ("random", "task")
 
 
 @dataclass(frozen=True)
