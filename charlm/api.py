@@ -41,7 +41,8 @@ from typing import Any, TypeVar
 import torch
 from tokenizers import Tokenizer
 
-from charlm.config import RunConfig
+from charlm.config import RunConfig, setting_choices
+from charlm.data.choices import ERRORS
 from charlm.data.reading import TextSource, spooled
 from charlm.data.tokenizer import decode
 from charlm.errors import (
@@ -68,8 +69,7 @@ __all__ = ["EvalResult", "LanguageModel", "TrainResult", "load", "train"]
 
 F = TypeVar("F", bound=Any)
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-ERRORS = ("strict", "replace")  # what reading does with invalid UTF-8
+DEVICES = setting_choices("train.device")
 SCORE_MEMORY_PER_BYTE = 32  # score_file holds the text, its ids and their batches: about this
 # many bytes of memory per byte of the file (char level measures 14; word and BPE take more)
 

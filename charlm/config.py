@@ -422,6 +422,16 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in fields(cls)]
 
 
+def setting_choices(key: str) -> tuple[str, ...]:
+    """The values a fixed-choice setting takes ("data.level" -> ("char", "word", "bpe")), read
+    from its `Literal`: the one list, for the command line's choices and every check."""
+    section, _, name = key.partition(".")
+    annotation = typing.get_type_hints(_SECTION_CLASSES[section])[name]
+    if get_origin(annotation) is not Literal:
+        raise TypeError(f"{key} is not a fixed-choice setting")
+    return get_args(annotation)
+
+
 def _suggest(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -218,7 +218,7 @@ def test_the_setting_is_wired_through_config_and_prepare(tmp_path: Path) -> None
         assert data.meta["settings"]["sentence_split"] == choice
         assert _sentences(data.tokenizer, ISSUE) == sentences
     refused = cli("prepare", corpus, "--level", "word", "--sentence-split", "x", "--out", out)
-    assert refused.exit_code == 2 and "sentence_split" in refused.stderr
+    assert refused.exit_code == 2 and "--sentence-split" in refused.stderr
 
 
 # --- item 7: global state -------------------------------------------------------------------------

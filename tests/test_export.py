@@ -148,7 +148,7 @@ def test_refusals_write_nothing(runs, tmp_path: Path, monkeypatch: pytest.Monkey
     taken = tmp_path / "taken.pt"
     taken.write_bytes(b"mine")
     for args, message in [
-        (("--format", "tflite", "--out", tmp_path / "a"), "--format must be one of"),
+        (("--format", "tflite", "--out", tmp_path / "a"), "'tflite' is not one of"),
         (("--format", "torchscript", "--out", taken), "already exists; pass --force"),
         (("--format", "torchscript", "--out", tmp_path, "--force"), "is a folder"),
         (("--format", "torchscript", "--out", tmp_path / "a", "--checkpoint", "x"), "--checkpoint"),

@@ -350,13 +350,14 @@ def test_plot_against_tokens_refuses_a_run_that_never_counted_them(
     result = cli("plot", two_runs[0], old, "--x", "tokens", "--out", out)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"charlm: error: {old / 'metrics.jsonl'}: its records have no tokens (a run from before "
-        "charlm 0.2, or resumed from one); plot it with --x step"
+        f"charlm: error: {old / 'metrics.jsonl'}: its records have no tokens (a run trained by an "
+        "earlier charlm, or resumed from one); plot it with --x step"
     ]
     assert not out.exists()
     assert cli("plot", old, "--x", "step", "--out", out).exit_code == 0
     wrong = cli("plot", old, "--x", "epochs", "--out", tmp_path / "other.png")
-    assert wrong.exit_code == 2 and "--x must be one of step, tokens, time" in wrong.stderr
+    said = " ".join(wrong.stderr.replace("│", " ").split())  # the error box's lines, joined
+    assert wrong.exit_code == 2 and "'epochs' is not one of 'step', 'tokens', 'time'" in said
 
 
 # -- the README's examples ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from importlib.metadata import requires
@@ -72,7 +73,7 @@ def test_wheel_carries_configs_license_and_our_name(wheel: Path) -> None:
     assert "charlm = charlm.cli:main" in entry_points
     assert "charlm/py.typed" in names  # PEP 561: type checkers read the annotations
     assert re.search(r"^Classifier: Typing :: Typed$", metadata, re.M)
-    assert re.search(r"^Classifier: Operating System :: POSIX :: Linux$", metadata, re.M)
+    assert re.search(r"^Classifier: Operating System :: OS Independent$", metadata, re.M)
     from charlm._version import __version__
 
     assert re.search(rf"^Version: {re.escape(__version__)}$", metadata, re.M)  # one source
@@ -105,6 +106,65 @@ def test_installed_wheel_finds_its_configs_from_any_folder(wheel: Path, tmp_path
         shown = run_charlm("config", "show", "--config", spelling, cwd=elsewhere, pythonpath=site)
         assert shown.returncode == 0, shown.stderr
         assert "level: word" in shown.stdout and "vocab_size: 8000" in shown.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_venv_and_trains_and_samples_without_fcntl(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """pip installs the wheel into a fresh venv (offline: no index, no dependencies; those
+    come from this interpreter's site-packages, added by a .pth file, so that its own .pth
+    files, an editable charlm among them, are not run); its `charlm` script then trains and
+    samples with fcntl, os.O_DIRECTORY and os.statvfs gone, as on Windows."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (site / "outer.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index"]
+        + ["--no-deps", "--quiet", "--disable-pip-version-check", str(wheel)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    # As on Windows: no fcntl, no folder fsync, no statvfs (filelock takes its soft lock there
+    # and says so once; Windows gets its msvcrt lock instead). Idempotent: where lib64 links to
+    # lib, site reads the venv's .pth files twice.
+    (site / "zz_as_on_windows.pth").write_text(
+        "import os, sys, warnings; sys.modules['fcntl'] = None; "
+        "[delattr(os, n) for n in ('O_DIRECTORY', 'statvfs') if hasattr(os, n)]; "
+        "warnings.filterwarnings('ignore', 'only soft file lock is available')\n"
+    )
+    script = venv / ("Scripts/charlm.exe" if os.name == "nt" else "bin/charlm")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc abd xyz\n" * 400, encoding="utf-8")
+
+    def charlm(*args: str | Path) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [script, *map(str, args)], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+        return done
+
+    where = subprocess.run(
+        [python, "-c", "import charlm, os, sys; print(charlm.__file__, sys.modules['fcntl'], "
+         "hasattr(os, 'statvfs'))"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=True,
+    ).stdout.split()  # fmt: skip
+    assert Path(where[0]).is_relative_to(site) and where[1:] == ["None", "False"], where
+    tiny = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4"]
+    tiny += ["--set", "train.seq_len=16", "--set", "train.max_steps=5"]
+    charlm("train", corpus, "--out", "run", "-q", *tiny)
+    sampled = charlm("sample", "run", "--length", "30", "--seed", "1", "--device", "cpu")
+    assert len(sampled.stdout) >= 30
 
 
 def test_bare_names_and_checkout_paths_give_the_same_settings(

@@ -134,8 +134,10 @@ def _flag_type(self: Any, ctx: Any) -> str | None:
     return _typer_type(self, ctx)
 
 
-_typer_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+# The hook is typer's since it vendors click (0.26+); an older typer keeps its own display.
+_typer_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _typer_type is not None:
+    typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def _version(value: bool) -> None:

@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, say
-from charlm.cli.options import RunArg, WhichOpt
+from charlm.cli.options import RunArg, WhichOpt, choices
+from charlm.inference.choices import FORMATS
 from charlm.rundir.names import check_which
+
+Format = choices("Format", FORMATS)
 
 
 @app.command()
@@ -38,7 +41,8 @@ def average(
 def export(
     run: RunArg,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="torchscript, or onnx (the onnx extra).")
+        Format,  # type: ignore[valid-type]
+        typer.Option("--format", "-f", help="onnx needs the onnx extra (README: Exporting)."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
     which: WhichOpt = "best",

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, say
-from charlm.cli.options import ConfigOpt, DeviceOpt, JsonOpt, SetOpt, WhichOpt
+from charlm.cli.options import ConfigOpt, DeviceOpt, JsonOpt, SetOpt, WhichOpt, choices
+from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, X_AXES
+
+At = choices("At", POSITIONS)
+Measure = choices("Measure", MEASURES)
+Norm = choices("Norm", NORMS)
+X = choices("X", X_AXES)
 
 # The gradients options whose help takes several lines, declared here to keep the command short.
 FreshOpt = Annotated[
@@ -20,7 +26,7 @@ FreshOpt = Annotated[
     ),
 ]
 AtOpt = Annotated[
-    str,
+    At,  # type: ignore[valid-type]
     typer.Option(
         "--at",
         help="random: random positions; task: the task's scored positions (lag: the key "
@@ -28,12 +34,20 @@ AtOpt = Annotated[
     ),
 ]
 MeasureOpt = Annotated[
-    str,
+    Measure,  # type: ignore[valid-type]
     typer.Option(
         "--measure",
         help="loss: |d loss_T / d h_(T-k)|; jacobian: the norm of the state Jacobian "
         "d s_T / d s_(T-k), independent of the loss.",
     ),
+]
+NormOpt = Annotated[
+    Norm,  # type: ignore[valid-type]
+    typer.Option("--norm", help="--measure jacobian: the matrix norm."),
+]
+XOpt = Annotated[
+    X,  # type: ignore[valid-type]
+    typer.Option("--x", help="Against step, tokens (trained on) or time (seconds)."),
 ]
 CheckpointsOpt = Annotated[
     str | None,
@@ -55,9 +69,7 @@ def gradients(
     fresh: FreshOpt = None,
     at: AtOpt = "random",
     measure: MeasureOpt = "loss",
-    norm: Annotated[
-        str, typer.Option("--norm", help="--measure jacobian: spectral or frobenius.")
-    ] = "spectral",
+    norm: NormOpt = "spectral",
     checkpoints: CheckpointsOpt = None,
     max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
     batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
@@ -124,9 +136,7 @@ def plot(
         Path,
         typer.Option("--out", "-o", help="Figure to write: .png, .svg, .pdf, ... by its suffix."),
     ],
-    x: Annotated[
-        str, typer.Option("--x", help="Against step, tokens (trained on) or time (seconds).")
-    ] = "step",
+    x: XOpt = "step",
 ) -> None:
     """Training and validation curves (loss, bits per char, gradient norm) of runs overlaid, in
     one figure (.png, .svg, .pdf, ...: any format matplotlib writes): one colour per run.

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from charlm.config import setting_choices
+from charlm.data.choices import ERRORS
+from charlm.rundir.names import WHICH
+
+
+class Choice(str, enum.Enum):
+    """The value of a fixed-choice option. typer reads an Enum as a choice: `--help` shows the
+    values, shell completion offers them, and another value is refused naming the flag (exit
+    code 2). Each member is also the plain string it names (== "cpu", formats as cpu), so the
+    command passes it on as the str the library takes."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
+
+
+def choices(name: str, values: Iterable[str]) -> type[Choice]:
+    """A Choice of `values`, in their order: the setting's Literal or the registry that owns
+    them, never a list written again here."""
+    return Choice(name, [(value, value) for value in values])  # type: ignore[return-value]
+
+
+Device = choices("Device", setting_choices("train.device"))
+Which = choices("Which", WHICH)
+Errors = choices("Errors", ERRORS)
 
 
 def complete_config(incomplete: str) -> list[str]:
@@ -31,9 +61,11 @@ SetOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", help="auto: CUDA if there is one, else MPS, else the CPU.")
+]
 WhichOpt = Annotated[
-    str,
+    Which,
     typer.Option(
         "--checkpoint", help="For a run directory: 'best' (by validation loss) or 'latest'."
     ),

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, is_main_process, say
-from charlm.cli.options import ConfigOpt, SetOpt
-from charlm.config import DataConfig
+from charlm.cli.options import ConfigOpt, Errors, SetOpt, choices
+from charlm.config import DataConfig, setting_choices
 
 
 def _refuse_flag_value(text: Path | None) -> None:
@@ -30,8 +30,15 @@ _DATA = DataConfig()
 _CASE = "lower" if _DATA.lowercase else "keep case"
 
 
+Level = choices("Level", setting_choices("data.level"))
+Segments = choices("Segments", setting_choices("data.segments"))
+WordSplit = choices("WordSplit", setting_choices("data.word_split"))
+SentenceSplit = choices("SentenceSplit", setting_choices("data.sentence_split"))
 LevelOpt = Annotated[
-    str | None, typer.Option(help=f"char, word or bpe \\[default: {_DATA.level}].")
+    Level | None,  # type: ignore[valid-type]
+    typer.Option(
+        help=f"What a token is: a character, a word, a BPE piece \\[default: {_DATA.level}]."
+    ),
 ]
 VocabSizeOpt = Annotated[
     int | None,
@@ -51,21 +58,21 @@ LowercaseOpt = Annotated[
     ),
 ]
 SegmentsOpt = Annotated[
-    str | None,
+    Segments | None,  # type: ignore[valid-type]
     typer.Option(
         help="word: sentences (START ... END) or lines (each + <eos>) "
         f"\\[default: {_DATA.segments}]."
     ),
 ]
 WordSplitOpt = Annotated[
-    str | None,
+    WordSplit | None,  # type: ignore[valid-type]
     typer.Option(
         help="word: rules (punctuation, clitics) or whitespace (str.split) "
         f"\\[default: {_DATA.word_split}]."
     ),
 ]
 SentenceSplitOpt = Annotated[
-    str | None,
+    SentenceSplit | None,  # type: ignore[valid-type]
     typer.Option(
         help="word, sentences: pysbd (reads abbreviations, initials, quotes) or rules "
         f"(15 abbreviations, ~100x faster) \\[default: {_DATA.sentence_split}]."
@@ -87,7 +94,9 @@ def prepare(
     csv_column: Annotated[
         str | None, typer.Option(help="CSV column with the text (a .csv input needs it).")
     ] = None,
-    errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+    errors: Annotated[
+        Errors, typer.Option(help="Invalid UTF-8: strict refuses it, replace reads U+FFFD.")
+    ] = "strict",
     lowercase: LowercaseOpt = None,
     segments: SegmentsOpt = None,
     word_split: WordSplitOpt = None,
@@ -108,10 +117,7 @@ def prepare(
     from charlm.data.prepare import PrepareSettings
     from charlm.data.prepare import prepare as run_prepare
     from charlm.data.reading import spooled
-    from charlm.errors import UsageError
 
-    if errors not in ("strict", "replace"):
-        raise UsageError(f"--errors must be strict or replace (got '{errors}')")
     given = {
         "level": level,
         "vocab_size": vocab_size,
@@ -158,7 +164,7 @@ def train(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     errors: Annotated[
-        str, typer.Option(help="Invalid UTF-8 in TEXT: strict or replace.")
+        Errors, typer.Option(help="Invalid UTF-8 in TEXT: strict refuses it, replace reads U+FFFD.")
     ] = "strict",
     csv_column: Annotated[
         str | None, typer.Option(help="CSV column with the text (data.csv_column).")

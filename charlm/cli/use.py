@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from charlm.cli.app import app, handle_errors, say
-from charlm.cli.options import DeviceOpt, JsonOpt, RunArg, WhichOpt
+from charlm.cli.options import DeviceOpt, Errors, JsonOpt, RunArg, WhichOpt
 from charlm.rundir.names import check_which
 
 
@@ -101,7 +101,9 @@ def evaluate(
     ] = None,
     device: DeviceOpt = "auto",
     which: WhichOpt = "best",
-    errors: Annotated[str, typer.Option(help="Invalid UTF-8: strict or replace.")] = "strict",
+    errors: Annotated[
+        Errors, typer.Option(help="Invalid UTF-8: strict refuses it, replace reads U+FFFD.")
+    ] = "strict",
     csv_column: Annotated[
         str | None, typer.Option(help="CSV column with the text (default: training's).")
     ] = None,

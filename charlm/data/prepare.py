@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from charlm.config import DataConfig
+from charlm.data.choices import ERRORS
 from charlm.data.corpora import builtin_corpus_text
 from charlm.data.reading import TextSource, find_split, split_chunks
 from charlm.data.tokenizer import (
@@ -51,7 +52,6 @@ TRAIN_MASK, VAL_MASK = "train.mask", "val.mask"  # char level, when the input ha
 HF_FILES = (HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS)
 TRUTH_FILE = "truth.json"  # beside a synthetic task's text: names the mask's groups
 CHUNK_CHARS = 4 << 20  # text is encoded and written in pieces of about this many characters
-ERROR_MODES = ("strict", "replace")
 
 
 _DATA = DataConfig()  # the defaults of every data setting live in DataConfig only
@@ -119,8 +119,8 @@ class PrepareSettings:
                 f"val_fraction {self.val_fraction} must be between 0 and 1 (e.g. 0.05), "
                 "or pass --val-file"
             )
-        if self.errors not in ERROR_MODES:
-            raise UsageError(f"errors {self.errors!r} must be one of: {', '.join(ERROR_MODES)}")
+        if self.errors not in ERRORS:
+            raise UsageError(f"errors {self.errors!r} must be one of: {', '.join(ERRORS)}")
 
     def as_dict(self) -> dict:
         """The settings as JSON-ready values (paths as str).
@@ -156,8 +156,8 @@ def choose_dtype(vocab_size: int) -> np.dtype:
 
 def read_text(path: Path, errors: str = "strict", csv_column: str | None = None) -> str:
     """The text of one .txt/.csv file (or a folder of .txt files), read as `prepare` reads it."""
-    if errors not in ERROR_MODES:
-        raise UsageError(f"errors {errors!r} must be one of: {', '.join(ERROR_MODES)}")
+    if errors not in ERRORS:
+        raise UsageError(f"errors {errors!r} must be one of: {', '.join(ERRORS)}")
     return TextSource(Path(path), errors, csv_column).read()
 
 

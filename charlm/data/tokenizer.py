@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import (
@@ -20,9 +21,13 @@ from tokenizers import (
     trainers,
 )
 
+from charlm.config import setting_choices
 from charlm.errors import DataError, UsageError
 
-LEVELS = ("char", "word", "bpe")
+if TYPE_CHECKING:
+    from charlm.config import DataConfig
+
+LEVELS = setting_choices("data.level")
 _NO_CAP = 2**31 - 1  # the word trainer's vocab_size for "keep every word"
 
 CHAR_UNK = "<unk>"
@@ -32,13 +37,13 @@ WORD_SPECIALS = (SENTENCE_START, SENTENCE_END, UNKNOWN_TOKEN)
 # in LINE_END and nothing marks a start.
 LINE_END = "<eos>"
 LINE_SPECIALS = (LINE_END, UNKNOWN_TOKEN)
-SEGMENTS = ("sentences", "lines")
-WORD_SPLITS = ("rules", "whitespace")
+SEGMENTS = setting_choices("data.segments")
+WORD_SPLITS = setting_choices("data.word_split")
 # Where segments="sentences" ends a sentence (docs/results.md, "Sentence splitting"). pysbd: the
 # pysbd package (rule-based sentence boundary disambiguation, pure Python, nothing downloaded)
 # decides at each place the rule below offers; rules: that rule alone, with 15 abbreviations
-# (charlm 0.x's splitter, still what a word tokenizer that records no splitter uses).
-SENTENCE_SPLITS = ("pysbd", "rules")
+# (the splitter of earlier charlm versions, still what a word tokenizer that records no splitter uses).
+SENTENCE_SPLITS = setting_choices("data.sentence_split")
 LEGACY_SENTENCE_SPLIT = "rules"  # a word tokenizer or prepared data that names none used this
 # A word tokenizer built with sentence_split="pysbd" says so in its post-processor: an entry
 # of this name among TemplateProcessing's special tokens, which no template uses, so encoding
@@ -208,6 +213,21 @@ def build_tokenizer(
     if vocab_size < 1:
         raise UsageError(f"vocab_size {vocab_size} is too small; use a positive number")
     return _build_bpe(text_chunks, vocab_size)
+
+
+def tokenizer_for(data: DataConfig, text_chunks: Iterable[str]) -> Tokenizer:
+    """`build_tokenizer` with every data.* setting that shapes a tokenizer taken from `data`,
+    so that a caller building one from a config (a fresh model to measure) leaves none at its
+    default."""
+    return build_tokenizer(
+        data.level,
+        text_chunks,
+        data.vocab_size,
+        lowercase=data.lowercase,
+        segments=data.segments,
+        word_split=data.word_split,
+        sentence_split=data.sentence_split,
+    )
 
 
 def _code_points(text: str) -> np.ndarray:

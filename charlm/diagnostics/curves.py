@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from charlm.diagnostics.choices import X_AXES
 from charlm.diagnostics.figure_files import check_figure_path, pyplot, save_figure
 from charlm.errors import DataError, UsageError
 from charlm.rundir.records import read_metrics
 
-# --x: what the curves are drawn against, and how the axis says it.
-X_AXES = {"step": "step", "tokens": "training tokens", "time": "training time (s)"}
 _X_KEYS = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
 
 
@@ -39,8 +38,8 @@ def _read_runs(run_dirs: Sequence[Path], x: str) -> list[list[dict[str, Any]]]:
         scored = [r for r in records if r.get("kind") in ("train", "val")]
         if x != "step" and scored and all(r.get(_X_KEYS[x]) is None for r in scored):
             raise DataError(
-                f"{path}: its records have no {_X_KEYS[x]} (a run from before charlm 0.2, or "
-                "resumed from one); plot it with --x step"
+                f"{path}: its records have no {_X_KEYS[x]} (a run trained by an "
+                "earlier charlm, or resumed from one); plot it with --x step"
             )
         runs.append(records)
     return runs

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from charlm.diagnostics.choices import MEASURES, NORMS
 from charlm.errors import DataError, UsageError
 from charlm.model.cells import cell_label, layer_of, map_state
 from charlm.model.network import RNNLanguageModel
@@ -89,11 +90,6 @@ def model_step(model: RNNLanguageModel) -> StepFn:
 
 def _per_layer(state: Any, layers: int) -> list[Any]:
     return [layer_of(state, i) for i in range(layers)]
-
-
-MEASURES = ("loss", "jacobian")
-NORMS = ("spectral", "frobenius")
-POSITIONS = ("random", "task")
 
 
 @dataclass(frozen=True)
@@ -371,19 +367,12 @@ def profile_config(
     """Measure a freshly initialised model (seeded by train.seed, as training would build it)."""
     from charlm.config import build_config
     from charlm.data.prepare import read_text
-    from charlm.data.tokenizer import Encoder, build_tokenizer
+    from charlm.data.tokenizer import Encoder, tokenizer_for
     from charlm.system.device import resolve_device
 
     config = build_config(config_file=config_file, overrides=list(overrides))
     raw = read_text(text, csv_column=config.data.csv_column)
-    tokenizer = build_tokenizer(
-        config.data.level,
-        [raw],
-        config.data.vocab_size,
-        lowercase=config.data.lowercase,
-        segments=config.data.segments,
-        word_split=config.data.word_split,
-    )
+    tokenizer = tokenizer_for(config.data, [raw])
     ids = Encoder(tokenizer, config.data.level).encode(raw)
     torch.manual_seed(config.train.seed)
     model = RNNLanguageModel(config.model, tokenizer.get_vocab_size())

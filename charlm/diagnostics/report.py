@@ -13,8 +13,9 @@ from charlm.data.prepare import read_text
 from charlm.diagnostics import figures
 from charlm.diagnostics.activations import activation_stats
 from charlm.diagnostics.activations import singular_values as svs
+from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS
 from charlm.diagnostics.figure_files import check_figure_path
-from charlm.diagnostics.gradients import MEASURES, NORMS, POSITIONS, GradientProfile, measure_model
+from charlm.diagnostics.gradients import GradientProfile, measure_model
 from charlm.diagnostics.subjects import Subject, fresh_subjects, run_subjects, task_targets
 from charlm.errors import UsageError
 from charlm.rundir.names import check_which

@@ -60,7 +60,7 @@ def fresh_subjects(
     --config/--set apply to all, the name's cell settings on top."""
     import torch
 
-    from charlm.data.tokenizer import Encoder, build_tokenizer
+    from charlm.data.tokenizer import Encoder, tokenizer_for
 
     configs = [
         build_config(config_file=config_file, overrides=[*overrides, *fresh_overrides(n)])
@@ -69,10 +69,7 @@ def fresh_subjects(
     subjects = []
     for name, config in zip(names, configs, strict=True):
         d = config.data
-        tokenizer = build_tokenizer(
-            d.level, [text], d.vocab_size, lowercase=d.lowercase, segments=d.segments,
-            word_split=d.word_split,
-        )  # fmt: skip
+        tokenizer = tokenizer_for(d, [text])  # data.sentence_split too, as training's
         encoder = Encoder(tokenizer, d.level)
         ids = encoder.encode(text)
         torch.manual_seed(config.train.seed)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from charlm.errors import CharlmError, UsageError
+from charlm.inference.choices import FORMATS
 from charlm.model.cells import CELLS
 from charlm.model.network import RNNLanguageModel
 from charlm.rundir.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -27,7 +28,6 @@ from charlm.system.files import (
     temporary_sibling,
 )
 
-FORMATS = ("torchscript", "onnx")
 EXPORT_FORMAT = "charlm-step"
 EXPORT_VERSION = 1
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra: export, run, check

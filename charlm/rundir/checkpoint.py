@@ -100,19 +100,19 @@ class RunState:
     curriculum_stage: int | None = None
     best_metric: float | None = None
     # Seconds of training and training targets read, over every resume (metrics.jsonl's
-    # elapsed_s and tokens); a checkpoint from before charlm 0.2 has neither: its time counts
+    # elapsed_s and tokens); a checkpoint written by an earlier charlm may have neither: its time counts
     # from 0 when resumed, and its tokens stay unknown (None).
     elapsed_s: float = 0.0
     tokens: int | None = None
     # The CPU threads the run trained with (train.threads=0 keeps it on resume: a thread change
-    # alters the last bits); None before charlm 0.2 and off the CPU.
+    # alters the last bits); None off the CPU and in checkpoints an earlier charlm wrote.
     threads: int | None = None
     # Written by save_checkpoint, read by `charlm info`.
     version: int = FORMAT_VERSION
     charlm_version: str | None = None
     torch_version: str | None = None
     saved_at: str | None = None
-    tokenizer_sha256: str | None = None  # absent before charlm 0.2: such files are size-checked
+    tokenizer_sha256: str | None = None  # absent in older checkpoints: size-checked
 
     def to_json(self) -> dict[str, Any]:
         return {

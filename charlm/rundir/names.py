@@ -2,7 +2,8 @@
 
     RUN_DIR/config.yaml, metrics.jsonl, data/ (when train prepared the text), checkpoints/,
             tensorboard/ (train.tensorboard: event files), wandb.json (train.wandb: the W&B
-            run's id), wandb/ (W&B's own files, unless WANDB_DIR says elsewhere)
+            run's id), wandb/ (W&B's own files, unless WANDB_DIR says elsewhere), trainer.lock
+            and, while one trains, trainer.pid (lock.py names those two)
     checkpoints/step-NNNNNNNN/  model.safetensors, optimizer.pt, train_state.safetensors,
                                 raw_model.safetensors (NT-ASGD), state.json, config.yaml,
                                 tokenizer.json (+ TOKENIZER_EXTRAS), meta.json

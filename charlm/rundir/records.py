@@ -30,9 +30,9 @@ def train_record(
     steps skipped so far, tokens per second since the last record, seconds of training so far
     (continued across resumes: the checkpoint keeps it), the CPU threads it trained with
     (train.threads, charlm/system/threads.py), and the training targets read so far (every process,
-    continued across resumes; null after resuming a checkpoint from before charlm 0.2). With
-    train.max_time the trainer adds time_fraction, the fraction of it the step's rate followed
-    (training/budget.py)."""
+    continued across resumes; null after resuming a checkpoint written by an earlier charlm that
+    kept no count). With train.max_time the trainer adds time_fraction, the fraction of it the
+    step's rate followed (training/budget.py)."""
     return {
         "kind": "train",
         "step": step,

@@ -55,7 +55,7 @@ def available_memory(device: torch.device) -> int | None:
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):  # AttributeError: no sysconf (Windows)
         return None
 
 

@@ -38,9 +38,13 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
+# Windows flushes a file only through a handle that may write to it (FlushFileBuffers).
+_FSYNC_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY
+
+
 def fsync_file(path: Path) -> None:
-    """Flush a file's (or a folder's own) data and metadata to the disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's data and metadata to the disk."""
+    fd = os.open(path, _FSYNC_FLAGS)
     try:
         os.fsync(fd)
     finally:
@@ -48,8 +52,18 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (the names created, renamed or removed in it) to the disk."""
-    fsync_file(path)
+    """Flush a folder's entries (the names created, renamed or removed in it) to the disk.
+
+    Only where a folder can be opened (os.O_DIRECTORY: Linux, macOS, the BSDs); elsewhere
+    (Windows) there is no such call, and the file system's own journal keeps the rename."""
+    directory = getattr(os, "O_DIRECTORY", None)
+    if directory is None:
+        return
+    fd = os.open(path, os.O_RDONLY | directory)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_durably(temp: Path, final: Path) -> None:
@@ -57,7 +71,10 @@ def replace_durably(temp: Path, final: Path) -> None:
 
     `temp` is a file or a folder; for a folder only the folder itself is fsynced here, its
     files are the caller's to fsync (`fsync_file`) before. Both must be in one file system."""
-    fsync_file(temp)
+    if Path(temp).is_dir():
+        fsync_dir(temp)
+    else:
+        fsync_file(temp)
     _rename_into_place(temp, final)
 
 
@@ -249,6 +266,8 @@ def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
     if pid == os.getpid():
+        return True
+    if os.name != "posix":  # Windows' os.kill(pid, 0) sends Ctrl-C: no probe, keep the file
         return True
     try:
         os.kill(pid, 0)

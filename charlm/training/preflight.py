@@ -41,7 +41,8 @@ def check_writable(folder: Path) -> None:
     """Refuse a read-only file system or a folder this user may not write, before writing."""
     if os.access(folder, os.W_OK | os.X_OK):
         return
-    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+    statvfs = getattr(os, "statvfs", None)  # POSIX only: Windows says "permission denied"
+    if statvfs is not None and statvfs(folder).f_flag & os.ST_RDONLY:
         raise UsageError(f"{folder}: read-only file system; give an --out on a writable one")
     raise UsageError(
         f"{folder}: permission denied; give an --out you may write, or fix its permissions"
