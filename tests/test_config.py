@@ -161,3 +161,36 @@ def test_overrides_parse_back_to_what_was_written(seed: int, lr: float, cell: st
     assert (config.train.seed, config.optim.lr, config.model.cell) == (seed, lr, cell)
     assert parse_override(f"train.seed={seed}") == ("train.seed", seed)
     assert config_to_dict(config)["optim"]["lr"] == lr
+
+
+# -- defaults that depend on the level -------------------------------------------------------
+
+
+def test_word_level_rmsprop_defaults_to_its_own_rate_unless_a_layer_names_one(tmp_path) -> None:
+    from charlm.config import LEVEL_DEFAULTS, OptimConfig
+
+    word_lr = LEVEL_DEFAULTS[("word", "rmsprop")][("optim", "lr")]
+    assert word_lr != OptimConfig.lr
+    assert build_config(overrides=["data.level=word"]).optim.lr == word_lr
+    named = tmp_path / "w.yaml"
+    named.write_text("data:\n  level: word\noptim:\n  lr: 1.0e-3\n")
+    assert build_config(config_file=named).optim.lr == OptimConfig.lr  # a file names it
+    assert build_config(overrides=["data.level=word", "optim.lr=2e-3"]).optim.lr == 2e-3
+    # the other optimisers were not measured with it: they keep the section's default
+    assert build_config(overrides=["data.level=word", "optim.name=adam"]).optim.lr == OptimConfig.lr
+
+
+def test_char_and_bpe_defaults_are_the_sections_own() -> None:
+    """The quick start and the Markov check (char level) cannot change with the word default."""
+    from charlm.config import RunConfig
+
+    assert build_config() == RunConfig()
+    assert build_config(overrides=["data.level=bpe"]).optim == RunConfig().optim
+
+
+def test_a_saved_word_run_keeps_the_rate_it_was_trained_with() -> None:
+    """A run saved before the word default existed names lr 1e-3; resuming keeps it."""
+    from charlm.config import config_to_dict
+
+    old = config_to_dict(build_config(overrides=["data.level=word", "optim.lr=1e-3"]))
+    assert build_config(base=old).optim.lr == 1e-3
