@@ -169,7 +169,7 @@ class StopMatcher:
         if ends:
             self.stopped = True
             return piece[: min(ends) - len(self.tail)]
-        self.tail = window[len(window) - self.keep :] if self.keep else ""
+        self.tail = window[-self.keep :] if self.keep else ""
         return piece
 
 
