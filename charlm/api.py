@@ -15,6 +15,10 @@ directory and `held_out` a text file:
 True
 >>> text == "".join(lm.stream("abc ", length=20, temperature=0.8, seed=1))
 True
+>>> stop = text[10:12]  # the text ends at the first stop string after the prime, included
+>>> cut = lm.generate("abc ", length=20, temperature=0.8, seed=1, stop=stop)
+>>> cut == text[: text.index(stop, 4) + 2]
+True
 >>> scores = lm.score(open(held_out, encoding="utf-8").read())
 >>> round(scores.bits_per_char, 6) == round(scores.loss / 0.6931471805599453, 6)
 True
@@ -230,7 +234,8 @@ class LanguageModel:
         stop: str | list[str] | None = None,
         repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
-        """The generated text in pieces, each yielded as soon as it is made; the options are
+        """The generated text in pieces, yielded as they are made (the tokens of at most 20 ms,
+        or 64 tokens, at a time); the options are
         `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token;
         seed None draws one, so each call differs). A prime is a prompt: at most 1,000,000
         characters (charlm.inference.sample.PRIME_MAX).

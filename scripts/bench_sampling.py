@@ -200,8 +200,19 @@ def threads_for(lm: charlm.LanguageModel) -> int:
     return choose_threads(lm.config.train.threads, macs, torch.get_num_threads())
 
 
+def open_both(run: Path) -> tuple[charlm.LanguageModel, charlm.LanguageModel | None]:
+    """The run in fp32 and in int8; no int8 from a charlm before it had one (PYTHONPATH=an older
+    checkout measures that one's fp32 path against the same lean loop)."""
+    fp32 = open_model(run, device="cpu")
+    try:
+        return fp32, open_model(run, device="cpu", quantize="int8")
+    except TypeError:
+        print("  (this charlm has no quantize: int8 paths left out)")
+        return fp32, None
+
+
 def measure(name: str, run: Path, held: Path, args: argparse.Namespace) -> dict:
-    fp32, int8 = open_model(run, device="cpu"), open_model(run, device="cpu", quantize="int8")
+    fp32, int8 = open_both(run)
     threads = threads_for(fp32)
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, torch.get_num_threads())
@@ -210,61 +221,56 @@ def measure(name: str, run: Path, held: Path, args: argparse.Namespace) -> dict:
         runners = {
             "charlm fp32": lambda seed: time_charlm(fp32, args.length, seed),
             "lean fp32": lambda seed: time_lean(loops[False], fp32, args.length, seed),
-            "charlm int8": lambda seed: time_charlm(int8, args.length, seed),
+            "charlm int8": lambda seed: time_charlm(int8, args.length, seed),  # type: ignore[arg-type]
             "lean int8": lambda seed: time_lean(loops[True], fp32, args.length, seed),
         }
-        for path in PATHS:  # warm-up, not counted
+        paths = PATHS if int8 is not None else PATHS[:2]
+        for path in paths:  # warm-up, not counted
             runners[path](0)
-        rates: dict[str, list[float]] = {path: [] for path in PATHS}
-        cpu_rates: dict[str, list[float]] = {path: [] for path in PATHS}
+        rates: dict[str, list[float]] = {path: [] for path in paths}
+        cpu_rates: dict[str, list[float]] = {path: [] for path in paths}
         for r in range(args.rounds):
-            order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
-            for path in order:
+            for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
                 wall, cpu = runners[path](r + 1)
                 rates[path].append(wall)
                 cpu_rates[path].append(cpu)
-    scores = {"fp32": fp32.score_file(held), "int8": int8.score_file(held)}
+    scores = {"fp32": fp32.score_file(held)}
+    if int8 is not None:
+        scores["int8"] = int8.score_file(held)
+    m = fp32.config.model
     return {
-        "model": name,
-        "cell": fp32.config.model.cell,
-        "layers": fp32.config.model.layers,
-        "hidden": fp32.config.model.hidden_size,
-        "threads": threads,
-        "rates": rates,
-        "median": {path: statistics.median(values) for path, values in rates.items()},
-        "cpu_rates": cpu_rates,
-        "cpu_median": {path: statistics.median(values) for path, values in cpu_rates.items()},
+        "model": name, "cell": m.cell, "layers": m.layers, "hidden": m.hidden_size,
+        "threads": threads, "rates": rates, "cpu_rates": cpu_rates,
         "bits_per_char": {k: v.bits_per_char for k, v in scores.items()},
-    }
+    }  # fmt: skip
 
 
 def report(result: dict) -> None:
+    paths = list(result["rates"])
     print(
         f"{result['model']} ({result['cell']} {result['layers']}x{result['hidden']}), "
-        f"{result['threads']} thread(s); median of {len(result['rates'][PATHS[0]])} rounds:"
+        f"{result['threads']} thread(s); median of {len(result['rates'][paths[0]])} rounds:"
     )
-    result["ratios"] = {}
+    result["median"], result["ratios"] = {}, {}
     for clock, key in (("tokens/s", "rates"), ("tokens per CPU-second", "cpu_rates")):
         med = {path: statistics.median(values) for path, values in result[key].items()}
+        result["median"][key] = med
         print(f"  {clock}:")
-        for path in PATHS:
+        for path in paths:
             rounds = " ".join(f"{v:,.0f}" for v in result[key][path])
             print(f"    {path:<12} {med[path]:>8,.0f}   rounds: {rounds}")
-        ratios = {
-            "charlm / lean, fp32": med["charlm fp32"] / med["lean fp32"],
-            "charlm / lean, int8": med["charlm int8"] / med["lean int8"],
-            "charlm int8 / fp32": med["charlm int8"] / med["charlm fp32"],
-            "lean int8 / fp32": med["lean int8"] / med["lean fp32"],
-        }
-        pairs = zip(result[key]["charlm fp32"], result[key]["lean fp32"], strict=True)
+        pairs = [("charlm fp32", "lean fp32"), ("charlm int8", "lean int8")]
+        pairs += [("charlm int8", "charlm fp32"), ("lean int8", "lean fp32")]
+        ratios = {f"{a} / {b}": med[a] / med[b] for a, b in pairs if a in med and b in med}
         print("    " + "   ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-        print(f"    charlm / lean fp32 per round: {' '.join(f'{c / x:.2f}' for c, x in pairs)}")
+        each = zip(result[key]["charlm fp32"], result[key]["lean fp32"], strict=True)
+        print(f"    charlm / lean fp32 per round: {' '.join(f'{c / x:.2f}' for c, x in each)}")
         result["ratios"][key] = ratios
     bpc = result["bits_per_char"]
-    print(
-        f"  held-out bits/char: fp32 {bpc['fp32']:.4f}, int8 {bpc['int8']:.4f} "
-        f"({bpc['int8'] - bpc['fp32']:+.4f})"
-    )
+    line = f"  held-out bits/char: fp32 {bpc['fp32']:.4f}"
+    if "int8" in bpc:
+        line += f", int8 {bpc['int8']:.4f} ({bpc['int8'] - bpc['fp32']:+.4f})"
+    print(line)
 
 
 def main() -> None:

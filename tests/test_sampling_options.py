@@ -24,7 +24,7 @@ from charlm.inference.sample import (
 )
 from charlm.model.cells import CELLS, Affine
 from charlm.model.network import LeanStepper, SteppedModel
-from charlm.model.quantize import check_quantize_device
+from charlm.model.quantize import Int8Affine, check_quantize_device
 
 STEPS = ("--set", "train.max_steps=60", "--set", "optim.lr=0.01")
 
@@ -354,6 +354,11 @@ def test_int8_steps_follow_the_fp32_steps_of_every_cell(cell: str) -> None:
 
     model = _model(cell)
     fp32, int8 = LeanStepper(model), LeanStepper(model, "int8")
+    for layout in int8.layouts:  # every matrix of the step is an int8 product now
+        assert any(isinstance(part, Int8Affine) for part in layout)
+        assert not any(isinstance(part, (Affine, torch.Tensor)) and getattr(part, "ndim", 2) == 2
+                       for part in layout)  # fmt: skip
+    assert isinstance(int8.decoder, Int8Affine)
     tokens, a = torch.randint(0, 11, (6, 3)), _random_state(model, 3)
     b = a
     with torch.inference_mode():
