@@ -15,6 +15,10 @@ directory and `held_out` a text file:
 True
 >>> text == "".join(lm.stream("abc ", length=20, temperature=0.8, seed=1))
 True
+>>> stop = text[10:12]  # the text ends at the first stop string after the prime, included
+>>> cut = lm.generate("abc ", length=20, temperature=0.8, seed=1, stop=stop)
+>>> cut == text[: text.index(stop, 4) + 2]
+True
 >>> scores = lm.score(open(held_out, encoding="utf-8").read())
 >>> round(scores.bits_per_char, 6) == round(scores.loss / 0.6931471805599453, 6)
 True
@@ -58,6 +62,7 @@ from charlm.errors import (
 from charlm.inference.evaluate import EvalResult, score_text
 from charlm.inference.sample import SampleOptions, Sampler
 from charlm.model.cells import CELLS
+from charlm.model.quantize import QUANTIZE
 from charlm.rundir.names import WHICH, check_which
 from charlm.system.device import available_memory, cpu_threads
 from charlm.system.threads import choose_threads, step_macs
@@ -167,8 +172,16 @@ class LanguageModel:
     def device(self) -> torch.device:
         return self._sampler.device
 
+    @property
+    def quantize(self) -> str | None:
+        """None (fp32), or "int8" when loaded with `quantize="int8"`."""
+        return self._sampler.quantize
+
     def __repr__(self) -> str:
-        return f"LanguageModel({str(self.path)!r}, level={self.level!r}, step={self.step})"
+        quantized = f", quantize={self.quantize!r}" if self.quantize else ""
+        return (
+            f"LanguageModel({str(self.path)!r}, level={self.level!r}, step={self.step}{quantized})"
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids as training prepared the text: word level splits sentences (each wrapped in
@@ -218,14 +231,24 @@ class LanguageModel:
         *,
         sentences: bool | None = None,
         min_words: int = 0,
+        stop: str | list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
-        """The generated text in pieces, each yielded as soon as it is made; the options are
+        """The generated text in pieces, yielded as they are made (the tokens of at most 20 ms,
+        or 64 tokens, at a time); the options are
         `charlm sample`'s (temperature 0 is greedy; top_k 0 and top_p 1 keep every token;
         seed None draws one, so each call differs). A prime is a prompt: at most 1,000,000
-        characters (charlm.inference.sample.PRIME_MAX)."""
+        characters (charlm.inference.sample.PRIME_MAX).
+
+        `stop` (a str or a list of them, taken as written: no escapes) ends the text where the
+        generated part first contains one, the stop string included and nothing after it,
+        also when it spans several tokens; the prime is not searched. `repetition_penalty`
+        (CTRL's, as Hugging Face applies it; 1 = off) divides the positive logits and
+        multiplies the negative ones of every token already in the prime or generated."""
         return self._stream(
             "stream", prime, length, temperature, top_k, top_p, seed,
-            sentences=sentences, min_words=min_words,
+            sentences=sentences, min_words=min_words, stop=stop,
+            repetition_penalty=repetition_penalty,
         )  # fmt: skip
 
     def _stream(self, caller: str, *args: Any, **kwargs: Any) -> Iterator[str]:
@@ -281,7 +304,7 @@ class LanguageModel:
     ) -> EvalResult:
         sampler = self._sampler
         return score_text(
-            sampler.model,
+            sampler.scorer,  # the model, or with int8 its int8 steps
             sampler.tokenizer,
             sampler.config,
             text,
@@ -337,21 +360,31 @@ LanguageModel.generate.__signature__ = inspect.signature(LanguageModel.stream).r
 
 
 @_charlm_errors
-def load(path: Path | str, *, device: str = "auto", which: str = "best") -> LanguageModel:
+def load(
+    path: Path | str, *, device: str = "auto", which: str = "best", quantize: str | None = None
+) -> LanguageModel:
     """Open a run directory (its best checkpoint, or `which="latest"`) or a checkpoint folder.
 
     `device` "auto" is the run's own train.device (CUDA, then MPS, then the CPU).
+    `quantize="int8"` generates and scores with int8 weights (PyTorch's dynamic quantization
+    of every matrix product, the recurrent layers' and the decoder's): CPU only, faster where
+    the CPU has int8 instructions, a little worse in loss (docs/benchmarks.md); None is fp32.
     """
     _check_path(path, "path", "load")
     _check_device(device)
     _check_choice(which, WHICH, "which", "load")
-    return open_model(path, device=device, which=which)
+    choices = " or ".join(repr(choice) for choice in (None, *QUANTIZE))
+    check_type(quantize, (str, type(None)), choices, "quantize", "load")
+    return LanguageModel(Sampler(Path(path), device, check_which(which), quantize, api=True))
 
 
 @_charlm_errors
-def open_model(path: Path | str, *, device: str = "auto", which: str = "best") -> LanguageModel:
-    """`load` for the command line: its messages name the flags (`--device`, `--checkpoint`)."""
-    return LanguageModel(Sampler(Path(path), device=device, which=check_which(which)))
+def open_model(
+    path: Path | str, *, device: str = "auto", which: str = "best", quantize: str | None = None
+) -> LanguageModel:
+    """`load` for the command line: its messages name the flags (`--device`, `--checkpoint`,
+    `--quantize`)."""
+    return LanguageModel(Sampler(Path(path), device, check_which(which), quantize))
 
 
 @_charlm_errors

@@ -146,3 +146,10 @@ def test_the_choices_cost_the_command_line_no_heavy_import() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False"] * len(heavy), done.stdout
+
+
+def test_the_quantize_choices_are_fp32_and_what_the_model_wing_quantizes() -> None:
+    from charlm.cli.options import Quantize
+    from charlm.model.quantize import QUANTIZE
+
+    assert [c.value for c in Quantize] == ["fp32", *QUANTIZE]

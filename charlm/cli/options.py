@@ -64,6 +64,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 DeviceOpt = Annotated[
     Device, typer.Option("--device", help="auto: CUDA if there is one, else MPS, else the CPU.")
 ]
+# fp32 and model/quantize.py's QUANTIZE (that module needs torch, which the command line loads
+# only once a command runs; tests/test_choices.py checks the two agree).
+Quantize = choices("Quantize", ("fp32", "int8"))
+QuantizeOpt = Annotated[
+    Quantize,
+    typer.Option(
+        "--quantize",
+        help="fp32, or int8: int8 weights for every matrix product (CPU only; faster on CPUs "
+        "with int8 instructions, slightly higher loss).",
+    ),
+]
 WhichOpt = Annotated[
     Which,
     typer.Option(

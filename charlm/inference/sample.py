@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -18,6 +20,7 @@ from charlm.config import SEED_MAX
 from charlm.data.tokenizer import Encoder, StreamDecoder, special_ids
 from charlm.errors import (
     ArgumentError,
+    ArgumentTypeError,
     DataError,
     InputTooLarge,
     UsageError,
@@ -25,7 +28,8 @@ from charlm.errors import (
     environment_error,
     human_bytes,
 )
-from charlm.model.network import LeanStepper, State
+from charlm.model.network import LeanStepper, RNNLanguageModel, State, SteppedModel
+from charlm.model.quantize import check_quantize, check_quantize_device
 from charlm.rundir.checkpoint import open_for_use
 from charlm.system.device import available_memory
 
@@ -42,6 +46,7 @@ _TYPES = (  # the option, the types the API takes for it, and how its message na
     ("num_samples", Integral, "an int"),
     ("sentences", (bool, type(None)), "True, False or None"),
     ("min_words", Integral, "an int"),
+    ("repetition_penalty", Real, "a number"),
 )
 
 
@@ -62,6 +67,14 @@ class SampleOptions:
     num_samples: int = 1
     sentences: bool | None = None  # None: as the model was trained (data.batching)
     min_words: int = 0  # sentence mode: SENTENCE_END is not allowed before this many words
+    stop: str | Sequence[str] | None = None  # end a sample where its text first contains one
+    repetition_penalty: float = 1.0  # CTRL's: logits of tokens already seen / (or *) this
+
+    def stops(self) -> tuple[str, ...]:
+        """The stop strings as a tuple (`stop` may be one str, a list of them or None)."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def validate(self, caller: str | None = None) -> None:
         """Refuse options out of range, naming the command line's flags (`--length`); with
@@ -69,6 +82,7 @@ class SampleOptions:
         if caller is not None:
             for field, kinds, what in _TYPES:
                 check_type(getattr(self, field), kinds, what, field, caller)
+            _check_stop_type(self.stop, caller)
 
         def refuse(field: str, rule: str) -> ArgumentError:
             value = getattr(self, field)
@@ -88,11 +102,75 @@ class SampleOptions:
             raise refuse("num_samples", "must be at least 1")
         if self.min_words < 0:
             raise refuse("min_words", "must not be negative")
+        penalty = self.repetition_penalty
+        if not (math.isfinite(penalty) and penalty > 0):
+            raise refuse("repetition_penalty", "must be a finite number above 0 (1 = off)")
+        if "" in self.stops():
+            raise ArgumentError(
+                f"{option_name('stop', caller)} must not be empty; give the text to stop at"
+            )
         if len(self.prime) > PRIME_MAX:
             raise ArgumentError(
                 f"{option_name('prime', caller)} is {len(self.prime):,} characters, more than "
                 f"a prime may be ({PRIME_MAX:,}); start from the end of the text instead"
             )
+
+
+def _check_stop_type(stop: object, caller: str) -> None:
+    what = "a str, a list of str or None"
+    if stop is None or isinstance(stop, str):
+        return
+    check_type(stop, (list, tuple), what, "stop", caller)
+    for item in stop:  # type: ignore[attr-defined]
+        if not isinstance(item, str):
+            raise ArgumentTypeError(
+                f"{caller}() takes stop as {what}, got {type(item).__name__} among its items"
+            )
+
+
+_ESCAPE = re.compile(r"\\(?:([ntr\\])|x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|(.?))", re.DOTALL)
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(value: str, flag: str) -> str:
+    r"""A command line's text with its backslash escapes read: \n \t \r \\ \xHH \uHHHH (a
+    shell passes `"\n"` as two characters); any other backslash is refused, naming `flag`."""
+
+    def one(match: re.Match[str]) -> str:
+        simple, byte, code, other = match.groups()
+        if other is not None:
+            raise UsageError(
+                f'{flag} "{value}": unknown escape \\{other} (the escapes are \\n \\t \\r '
+                "\\\\ \\xHH \\uHHHH; write \\\\ for a backslash)"
+            )
+        return _ESCAPED[simple] if simple else chr(int(byte or code, 16))
+
+    return _ESCAPE.sub(one, value)
+
+
+class StopMatcher:
+    """Where one sample's generated text first contains a stop string: `feed` each piece as it
+    is made and print what it returns. The text ends with the stop string (included); nothing
+    after it is returned, also when it ends inside a piece or spans several pieces."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.keep = max(len(stop) for stop in stops) - 1  # the text a match may start in
+        self.tail = ""  # the last `keep` characters returned so far
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The part of `piece` to print: all of it, or up to the end of the first stop string
+        (then `stopped` is set, and every later piece is '')."""
+        if self.stopped:
+            return ""
+        window = self.tail + piece
+        ends = [found + len(stop) for stop in self.stops if (found := window.find(stop)) >= 0]
+        if ends:
+            self.stopped = True
+            return piece[: min(ends) - len(self.tail)]
+        self.tail = window[-self.keep :] if self.keep else ""
+        return piece
 
 
 def read_prime(path: Path) -> str:
@@ -149,9 +227,69 @@ def choose(
     """Next token per row of logits (batch, vocab)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 is x exactly: skipping it changes no draw
+        logits = logits / temperature
+    probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty of CTRL (Keskar et al. 2019) as Hugging Face's
+    RepetitionPenaltyLogitsProcessor applies it: the logit of every token `seen` (batch, vocab;
+    bool) is divided by `penalty` where positive, multiplied by it where negative, so a penalty
+    above 1 makes those tokens less likely whatever the logit's sign."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+class LogitRules:
+    """What the options do to each step's logits before the draw, in this order: the repetition
+    penalty (over the prime's tokens and every token drawn), the tokens never drawn (the
+    unknown token; in sentence mode SENTENCE_START), the sentence's shortest and longest length."""
+
+    def __init__(
+        self,
+        options: SampleOptions,
+        sentence_mode: bool,
+        special: dict,
+        prime: list[int],
+        vocab: int,
+        device: torch.device,
+        never: Sequence[int] = (),
+    ) -> None:  # fmt: skip  (never: the ids the stepper bans already, by a -inf decoder bias)
+        banned = [special.get("unk")] + ([special.get("start")] if sentence_mode else [])
+        banned_ids = [b for b in banned if b is not None and b not in never]
+        self.ban = torch.tensor(banned_ids, device=device) if banned_ids else None
+        self.sentence_mode, self.options = sentence_mode, options
+        self.end_id = special.get("end") if sentence_mode else None
+        self.penalty = options.repetition_penalty if options.repetition_penalty != 1.0 else None
+        self.seen: torch.Tensor | None = None
+        if self.penalty is not None:
+            self.seen = torch.zeros(options.num_samples, vocab, dtype=torch.bool, device=device)
+            if options.prime:
+                self.seen[:, prime] = True
+        self.active = self.seen is not None or self.ban is not None or self.end_id is not None
+
+    def apply(self, logits: torch.Tensor, position: int) -> torch.Tensor:
+        """The logits (batch, vocab) of step `position` as the draw sees them."""
+        if self.seen is not None:
+            logits = penalise(logits, self.seen, self.penalty)  # type: ignore[arg-type]
+        if self.ban is not None:
+            logits.index_fill_(1, self.ban, float("-inf"))
+        end_id = self.end_id
+        if end_id is not None and position < self.options.min_words:
+            logits[:, end_id] = float("-inf")
+        if end_id is not None and position == self.options.length:
+            logits[:] = float("-inf")  # the longest sentence allowed: end it here
+            logits[:, end_id] = 0.0
+        return logits
+
+    def drawn(self, current: torch.Tensor) -> None:
+        """Note the tokens just drawn (batch,), which the penalty then covers."""
+        if self.seen is not None:
+            self.seen.scatter_(1, current.unsqueeze(1), True)
 
 
 def start_ids(encoder: Encoder, level: str, special: dict[str, int | None]) -> list[int]:
@@ -164,18 +302,43 @@ def start_ids(encoder: Encoder, level: str, special: dict[str, int | None]) -> l
 
 
 class Sampler:
-    """A loaded model ready to generate; `generate` calls `emit(sample_index, text)` as it goes."""
+    """A loaded model ready to generate; `generate` calls `emit(sample_index, text)` as it goes.
+    `quantize="int8"` steps it with int8 products (CPU only, model/quantize.py); `api` makes the
+    refusals name the Python arguments rather than the flags."""
 
-    def __init__(self, checkpoint: Path, device: str = "auto", which: str = "best") -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str = "auto",
+        which: str = "best",
+        quantize: str | None = None,
+        api: bool = False,
+    ) -> None:
+        check_quantize(quantize, api)  # before loading anything
         loaded, self.model = open_for_use(checkpoint, which, device)
         self.loaded = loaded
         self.config = loaded.config
         self.level: str = loaded.meta["level"]
         self.device = self.model.embedding.weight.device
-        self.step = LeanStepper(self.model)  # weights laid out once for one-token steps
+        check_quantize_device(quantize, self.device, api)
+        self.quantize = quantize
         self.tokenizer = Tokenizer.from_str(loaded.tokenizer_json)
         self.special = special_ids(self.tokenizer)
         self.encoder = Encoder(self.tokenizer, self.level)
+        # Weights laid out once for one-token steps; the unknown token is never drawn.
+        self.never = [self.special["unk"]] if self.special.get("unk") is not None else []
+        self.step = LeanStepper(self.model, quantize, banned=self.never)
+        self._scorer: RNNLanguageModel | SteppedModel | None = None
+
+    @property
+    def scorer(self) -> RNNLanguageModel | SteppedModel:
+        """What scores a text: the model's fused kernels in fp32; with int8, the int8 steps
+        (without the sampler's ban, which would make an unknown target infinitely unlikely)."""
+        if self._scorer is None:
+            self._scorer = self.model
+            if self.quantize is not None:
+                self._scorer = SteppedModel(self.model, LeanStepper(self.model, self.quantize))
+        return self._scorer
 
     def _prime_ids(self, prime: str) -> list[int]:
         if prime:
@@ -215,60 +378,126 @@ class Sampler:
             emit(index, piece)
         return texts
 
-    @torch.inference_mode()
-    def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
-        """(sample index, text piece) as the samples are generated, the prime's pieces first."""
-        options.validate()
-        self.check_memory(options)
+    def _sentence_mode(self, options: SampleOptions) -> bool:
         sentence_mode = options.sentences
         if sentence_mode is None:
             sentence_mode = self.config.data.batching == "sentence"
         if sentence_mode and (self.level != "word" or self.special.get("end") is None):
             raise UsageError("sentence sampling needs a word-level model (data.level=word)")
-        seed = options.seed if options.seed is not None else secrets.randbits(31)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        n = options.num_samples
-        prime = self._prime_ids(options.prime)
-        decoders = [StreamDecoder(self.tokenizer, self.level) for _ in range(n)]
-        if options.prime:
-            for i in range(n):
-                for token in prime:
-                    piece = decoders[i].step(token)
-                    if piece:
-                        yield i, piece
+        return sentence_mode
+
+    def _read_prime(self, prime: list[int], n: int) -> tuple[torch.Tensor, list[State]]:
+        """The last token of the prime (n,) and the per-layer states after the rest of it: the
+        prefix goes through the fused kernel, in PRIME_CHUNK pieces so that a long prime takes
+        bounded memory."""
         tokens = torch.tensor(prime, device=self.device).unsqueeze(1).expand(-1, n)  # (T, n)
         state: State = self.model.initial_state(n, self.device)
-        # The prefix goes through the fused kernel (in PRIME_CHUNK pieces, so a long prime takes
-        # bounded memory); every later step is one token.
         for start in range(0, tokens.shape[0] - 1, PRIME_CHUNK):
             _, state = self.model(tokens[start : min(start + PRIME_CHUNK, len(prime) - 1)], state)
-        current = tokens[-1]
-        banned = [self.special.get("unk")]
-        if sentence_mode:
-            banned.append(self.special.get("start"))
-        banned_ids = [b for b in banned if b is not None]
-        end_id = self.special.get("end")
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        for position in range(options.length + (1 if sentence_mode else 0)):
-            logits, state = self.step(current, state)  # (n, vocab)
-            if banned_ids:
-                logits[:, banned_ids] = float("-inf")
-            if sentence_mode and position < options.min_words and end_id is not None:
-                logits[:, end_id] = float("-inf")
-            if sentence_mode and position == options.length and end_id is not None:
-                logits[:] = float("-inf")  # the longest sentence allowed: end it here
-                logits[:, end_id] = 0.0
-            current = choose(logits, options.temperature, options.top_k, options.top_p, generator)
-            finished = done.tolist()
-            for i, token in enumerate(current.tolist()):
-                piece = "" if finished[i] else decoders[i].step(token)
-                if piece:
-                    yield i, piece
-            if sentence_mode and end_id is not None:
-                done |= current == end_id
-                if bool(done.all()):
-                    break
-        for i, decoder in enumerate(decoders):
+        return tokens[-1], self.step.layer_states(state)
+
+    def pieces(self, options: SampleOptions) -> Iterator[tuple[int, str]]:
+        """(sample index, text piece) as the samples are generated, the prime's pieces first.
+
+        Tokens are made in blocks of up to BLOCK_TOKENS (or BLOCK_SECONDS) inside one
+        inference-mode span, then their pieces are yielded: entering that mode at every token
+        cost about a tenth of a small model's step. The text and the draws do not depend on it."""
+        options.validate()
+        self.check_memory(options)
+        sentence_mode = self._sentence_mode(options)
+        with torch.inference_mode():
+            run = Generation(self, options, sentence_mode)
+        yield from run.prime_pieces()
+        while not run.done:
+            with torch.inference_mode():
+                block = run.block()
+            yield from block
+
+
+BLOCK_TOKENS = 64  # a generated block's most tokens: what a reader of the stream waits for
+BLOCK_SECONDS = 0.02  # ... or its most time (a large model's block is then a token or two)
+
+
+class Generation:
+    """One call's samples as they are made: the state, the draws, the decoders, the stops."""
+
+    def __init__(self, sampler: Sampler, options: SampleOptions, sentence_mode: bool) -> None:
+        seed = options.seed if options.seed is not None else secrets.randbits(31)
+        self.generator = torch.Generator(device=sampler.device).manual_seed(seed)
+        self.options, self.n = options, options.num_samples
+        self.prime = sampler._prime_ids(options.prime)
+        self.decoders = [StreamDecoder(sampler.tokenizer, sampler.level) for _ in range(self.n)]
+        self.sampler = sampler
+        self.current: torch.Tensor | None = None  # and the states: once the prime's pieces
+        self.states: list[State] | None = None  # are out, so a long prime prints at once
+        vocab = sampler.tokenizer.get_vocab_size()
+        special, device = sampler.special, sampler.device
+        self.rules = LogitRules(
+            options, sentence_mode, special, self.prime, vocab, device, sampler.never
+        )
+        stops = options.stops()
+        self.stops = [StopMatcher(stops) for _ in range(self.n)] if stops else None
+        self.end_id = special.get("end") if sentence_mode else None
+        self.finished = [False] * self.n  # its sentence ended, or it reached a stop string
+        self.advance = sampler.step.advance
+        self.position, self.steps = 0, options.length + (1 if sentence_mode else 0)
+        self.done = False
+
+    def prime_pieces(self) -> list[tuple[int, str]]:
+        """The prime's text, as each sample's decoder prints it (and so carries on from)."""
+        if not self.options.prime:
+            return []
+        pieces = []
+        for i, decoder in enumerate(self.decoders):
+            pieces += [(i, piece) for token in self.prime if (piece := decoder.step(token))]
+        return pieces
+
+    def block(self) -> list[tuple[int, str]]:
+        """The pieces of the next tokens: up to BLOCK_TOKENS, or BLOCK_SECONDS; at the end the
+        decoders' tails. Runs inside inference mode (the caller's)."""
+        pieces: list[tuple[int, str]] = []
+        started, ending = time.perf_counter(), self.end_id is not None or self.stops is not None
+        draw = (self.options.temperature, self.options.top_k, self.options.top_p)
+        if self.states is None:
+            self.current, self.states = self.sampler._read_prime(self.prime, self.n)
+        for _ in range(BLOCK_TOKENS):
+            if self.position == self.steps or (ending and all(self.finished)):
+                self.done = True
+                return pieces + self._tails()
+            logits = self.advance(self.current, self.states)  # (n, vocab)
+            if self.rules.active:
+                logits = self.rules.apply(logits, self.position)
+            self.current = choose(logits, *draw, self.generator)
+            self.rules.drawn(self.current)
+            self.position += 1
+            self._decode(self.current.tolist(), pieces)
+            if time.perf_counter() - started >= BLOCK_SECONDS:
+                break
+        return pieces
+
+    def _decode(self, tokens: list[int], pieces: list[tuple[int, str]]) -> None:
+        """Each unfinished sample's piece for its token, cut at a stop string."""
+        finished, stops = self.finished, self.stops
+        for i, token in enumerate(tokens):
+            if finished[i]:
+                continue
+            piece = self.decoders[i].step(token)
+            if stops is not None and piece:
+                piece = stops[i].feed(piece)
+                finished[i] = stops[i].stopped
+            finished[i] = finished[i] or token == self.end_id
+            if piece:
+                pieces.append((i, piece))
+
+    def _tails(self) -> list[tuple[int, str]]:
+        """What the decoders still hold (bpe: the bytes of an unfinished character)."""
+        pieces = []
+        for i, decoder in enumerate(self.decoders):
+            if self.stops is not None and self.stops[i].stopped:
+                continue  # what the decoder still holds comes after the stop string
             tail = decoder.finish()
+            if self.stops is not None and tail:
+                tail = self.stops[i].feed(tail)
             if tail:
-                yield i, tail
+                pieces.append((i, tail))
+        return pieces

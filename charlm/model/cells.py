@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,21 @@ def stack_layers(states: list[State]) -> State:
 
 def layer_of(state: State, layer: int) -> State:
     return map_state(lambda s: s[layer], state)
+
+
+class Affine:
+    """`x @ W + b` for the lean steps, with W laid out (in, out) once: `affine(x)`, or
+    `affine(x, addend)` = `x @ W + addend` for a matrix with no bias of its own. quantize.py
+    swaps it for an int8 twin; in fp32 it is the one `torch.addmm` the steps always made."""
+
+    __slots__ = ("bias", "weight")
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        self.weight, self.bias = weight, bias  # (in, out), (out,)
+
+    def __call__(self, x: Tensor, addend: Tensor | None = None) -> Tensor:
+        added = self.bias if addend is None else addend
+        return torch.mm(x, self.weight) if added is None else torch.addmm(added, x, self.weight)
 
 
 @dataclass(frozen=True)
@@ -154,14 +170,17 @@ class Cell:
             outputs.append(self.output(state))
         return torch.stack(outputs), state
 
-    def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
-        """One layer's weights laid out for `lean_step` (transposed once, biases folded)."""
+    def lean_layout(self, w: LayerWeights) -> tuple[Any, ...]:
+        """One layer's weights laid out for `lean_step`: its products as `Affine`s (transposed
+        once, biases folded), then any other tensors it needs."""
         # One product for input and state: [x, h] @ [W_ih^T; W_hh^T].
         bias = w.b_ih + w.b_hh if w.b_hh is not None else w.b_ih
-        return torch.cat([w.w_ih, w.w_hh], dim=1).detach().t().contiguous(), bias.detach()
+        return (
+            Affine(torch.cat([w.w_ih, w.w_hh], dim=1).detach().t().contiguous(), bias.detach()),
+        )
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
         """`step` on a `lean_layout`, without autograd: the same state to 1e-5 (tested)."""
         raise NotImplementedError
@@ -183,22 +202,23 @@ class GRU(Cell):
         a = self.activations(w, x, state)
         return (1 - a["z"]) * a["n"] + a["z"] * state
 
-    def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
+    def lean_layout(self, w: LayerWeights) -> tuple[Any, ...]:
         # r and z see b_ih + b_hh; n sees b_in outside and b_hn inside r * (...).
         hidden = w.w_hh.shape[1]
         b_x = w.b_ih.detach().clone()
         b_x[: 2 * hidden] += w.b_hh[: 2 * hidden]  # type: ignore[index]
         b_h = torch.zeros_like(b_x)
         b_h[2 * hidden :] = w.b_hh[2 * hidden :]  # type: ignore[index]
-        return (w.w_ih.detach().t().contiguous(), w.w_hh.detach().t().contiguous(), b_x, b_h)
+        w_x, w_h = w.w_ih.detach().t().contiguous(), w.w_hh.detach().t().contiguous()
+        return Affine(w_x, b_x), Affine(w_h, b_h)
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
-        w_x, w_h, b_x, b_h = layout
-        h, hidden = state, w_h.shape[0]
-        gx = torch.addmm(b_x, x, w_x)  # (batch, 3 * hidden)
-        gh = torch.addmm(b_h, h, w_h)  # type: ignore[arg-type]
+        from_x, from_h = layout
+        h, hidden = state, state.shape[1]  # type: ignore[union-attr]
+        gx = from_x(x)  # (batch, 3 * hidden)
+        gh = from_h(h)
         rz = gx[:, : 2 * hidden].add_(gh[:, : 2 * hidden]).sigmoid_()
         r, z = rz.chunk(2, dim=1)
         n = gh[:, 2 * hidden :].mul_(r).add_(gx[:, 2 * hidden :]).tanh_()
@@ -229,11 +249,11 @@ class LSTM(Cell):
         return a["o"] * a["tanh(c)"], a["c"]
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
-        w_x, b_x = layout
-        (h, c), hidden = state, w_x.shape[1] // 4
-        gates = torch.addmm(b_x, torch.cat([x, h], dim=1), w_x)
+        (affine,) = layout
+        (h, c), hidden = state, state[0].shape[1]  # type: ignore[index]
+        gates = affine(torch.cat([x, h], dim=1))
         gates[:, : 2 * hidden].sigmoid_()  # i, f
         gates[:, 2 * hidden : 3 * hidden].tanh_()  # g
         gates[:, 3 * hidden :].sigmoid_()  # o
@@ -262,11 +282,11 @@ class TanhRNN(Cell):
         return new
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
-        w_x, b_x = layout
+        (affine,) = layout
         h = state
-        new = self.activation_(torch.addmm(b_x, torch.cat([x, h], dim=1), w_x))  # type: ignore[list-item]
+        new = self.activation_(affine(torch.cat([x, h], dim=1)))  # type: ignore[list-item]
         return torch.lerp(new, h, leak) if leak else new  # type: ignore[arg-type]
 
 
@@ -318,15 +338,15 @@ class PeepholeLSTM(_Projected, LSTM):
         c = torch.sigmoid(f + p_f * c) * c + torch.sigmoid(i + p_i * c) * torch.tanh(g)
         return torch.sigmoid(o + p_o * c) * torch.tanh(c), c
 
-    def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
+    def lean_layout(self, w: LayerWeights) -> tuple[Any, ...]:
         return (*super().lean_layout(w), *w.peep.detach().chunk(3))  # type: ignore[union-attr]
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
-        w_x, b_x, p_i, p_f, p_o = layout
+        affine, p_i, p_f, p_o = layout
         h, c = state
-        gates = torch.addmm(b_x, torch.cat([x, h], dim=1), w_x)
+        gates = affine(torch.cat([x, h], dim=1))
         i, f, g, o = gates.chunk(4, dim=1)
         i = i.addcmul_(p_i, c).sigmoid_()
         f = f.addcmul_(p_f, c).sigmoid_()
@@ -360,25 +380,24 @@ class TutorialGRU(_Projected):
         c = torch.tanh(torch.addmm(xc, s * r, w.w_hh[2 * hidden :].t()))
         return (1 - z) * c + z * s
 
-    def lean_layout(self, w: LayerWeights) -> tuple[Tensor, ...]:
+    def lean_layout(self, w: LayerWeights) -> tuple[Any, ...]:
         hidden = w.w_hh.shape[1]
         w_hh = w.w_hh.detach()
         return (
-            w.w_ih.detach().t().contiguous(),
-            w.b_ih.detach().clone(),
-            w_hh[: 2 * hidden].t().contiguous(),
-            w_hh[2 * hidden :].t().contiguous(),
+            Affine(w.w_ih.detach().t().contiguous(), w.b_ih.detach().clone()),
+            Affine(w_hh[: 2 * hidden].t().contiguous()),
+            Affine(w_hh[2 * hidden :].t().contiguous()),
         )
 
     def lean_step(
-        self, layout: tuple[Tensor, ...], x: Tensor, state: State, leak: float = 0.0
+        self, layout: tuple[Any, ...], x: Tensor, state: State, leak: float = 0.0
     ) -> State:
-        w_x, b_x, w_zr, w_c = layout
-        s, hidden = state, w_c.shape[0]
-        gx = torch.addmm(b_x, x, w_x)
-        zr = gx[:, : 2 * hidden].addmm_(s, w_zr).mul_(0.2).add_(0.5).clamp_(0.0, 1.0)  # type: ignore[arg-type]
+        from_x, w_zr, w_c = layout
+        s, hidden = state, state.shape[1]  # type: ignore[union-attr]
+        gx = from_x(x)
+        zr = w_zr(s, gx[:, : 2 * hidden]).mul_(0.2).add_(0.5).clamp_(0.0, 1.0)
         z, r = zr.chunk(2, dim=1)
-        c = torch.addmm(gx[:, 2 * hidden :], r.mul_(s), w_c).tanh_()  # type: ignore[arg-type]
+        c = w_c(r.mul_(s), gx[:, 2 * hidden :]).tanh_()
         return torch.lerp(c, s, z)  # type: ignore[arg-type]
 
 
