@@ -32,13 +32,22 @@ MeasureOpt = Annotated[
     typer.Option(
         "--measure",
         help="loss: |d loss_T / d h_(T-k)|; jacobian: the norm of the state Jacobian "
-        "d s_T / d s_(T-k), independent of the loss.",
+        "d s_T / d s_(T-k), independent of the loss; probe (with --at task): how well a "
+        "linear readout of s_(T-k) decodes the line's key, on held-out lines.",
     ),
 ]
 CheckpointsOpt = Annotated[
     str | None,
     typer.Option(
         "--checkpoints", help="all, or steps like 100,500: one curve per kept checkpoint."
+    ),
+]
+
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Windows averaged over [default: 32]; --measure probe: held-out lines "
+        "[default: 256], as many again fitted on."
     ),
 ]
 
@@ -60,7 +69,7 @@ def gradients(
     ] = "spectral",
     checkpoints: CheckpointsOpt = None,
     max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
-    batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
+    batch: BatchOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
     json_out: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG here.")] = None,
@@ -83,6 +92,7 @@ def gradients(
       charlm gradients --fresh rnn,gru,lstm,irnn --text valid.txt --plot fresh.png
       charlm gradients runs/rnn runs/lstm --text data/lag20/valid.txt --at task --plot grads.png
       charlm gradients runs/gru --checkpoints all --measure jacobian --text valid.txt --plot p.png
+      charlm gradients runs/rnn runs/gru --text data/lag100/valid.txt --at task --measure probe
     """
     from charlm.diagnostics.report import gradient_report
 
