@@ -127,3 +127,29 @@ def test_every_run_in_an_overlay_is_named_by_its_folder(tmp_path: Path) -> None:
         "gru (r1)",
         "gru (r2)",
     ]
+
+
+def test_the_probe_starts_from_the_model_s_own_readout_and_never_fits_worse(monkeypatch) -> None:
+    from charlm.diagnostics import probe
+    from charlm.diagnostics.probe import fit_readout, own_readout, readout_accuracy
+
+    model = seeded_model(9, cell="lstm", layers=1, hidden_size=5, embedding_dim=3)
+    keys = np.array([2, 4, 7])
+    weights, bias = own_readout(model, keys, 10)  # an LSTM's state: h (5) then c (5)
+    state = torch.randn(6, 10, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.output(state[:, :5].float()).double()[:, keys]
+    torch.testing.assert_close(state @ weights + bias, expected, rtol=1e-5, atol=1e-5)
+    assert not weights[5:].any()  # c: the model's readout does not read it
+    # States of wildly different sizes (a relu network's), keyed by which unit is on, and an
+    # optimiser cut to one step: from zero it is far off; a start that reads them exactly is
+    # kept (or bettered), whatever LBFGS makes of the scaled problem.
+    monkeypatch.setattr(probe, "FIT_STEPS", 1)
+    rng = np.random.default_rng(0)
+    y = torch.as_tensor(rng.integers(0, 3, size=60))
+    x = torch.zeros(60, 3, dtype=torch.float64)
+    x[torch.arange(60), y] = torch.as_tensor(10.0 ** rng.uniform(0, 15, size=60))
+    start = (torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    assert readout_accuracy(x, y, (*start, torch.tensor(1.0))) == 1.0
+    assert readout_accuracy(x, y, fit_readout(x, y, 3)) < 0.9
+    assert readout_accuracy(x, y, fit_readout(x, y, 3, start)) == 1.0

@@ -46,8 +46,8 @@ CheckpointsOpt = Annotated[
 BatchOpt = Annotated[
     int | None,
     typer.Option(
-        help="Windows averaged over [default: 32]; --measure probe: held-out lines "
-        "[default: 256], as many again fitted on."
+        help="Windows averaged over (32 unless given); --measure probe: held-out lines (256 "
+        "unless given), as many again fitted on."
     ),
 ]
 
@@ -68,7 +68,7 @@ def gradients(
         str, typer.Option("--norm", help="--measure jacobian: spectral or frobenius.")
     ] = "spectral",
     checkpoints: CheckpointsOpt = None,
-    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
+    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K (the probe: 0..K).")] = 50,
     batch: BatchOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
     json_out: JsonOpt = False,

@@ -4,9 +4,9 @@ The state Jacobian says whether a change of the key would still move the state; 
 whether the state still *holds* the key in a form a readout can use, nor whether the model's
 own readout uses it. The probe answers the first: on lines of a task (each window run from its
 line's start, as a model trained one line per example sees them), the layer's state k steps
-before the scored position is fed to a linear readout (a multinomial logistic regression)
-fitted to the line's first character (the lag task's key) on one half of the lines and scored
-on the other half.
+before the scored position is fed to a linear readout (a multinomial logistic regression,
+started from the model's own readout where the state is the last layer's) fitted to the line's
+first character (the lag task's key) on one half of the lines and scored on the other half.
 Beside it, the model's own accuracy at the scored position on the same held-out lines: a
 state that decodes the key while the model's prediction misses it holds the key, and only the
 readout fails to use it.
@@ -118,17 +118,28 @@ def probe_lags(max_lag: int) -> list[int]:
     return sorted({*range(min(max_lag, 20) + 1), *spread, max(max_lag - 1, 0), max_lag})
 
 
-def fit_readout(fit_x: torch.Tensor, fit_y: torch.Tensor, classes: int) -> tuple:
+def fit_readout(
+    fit_x: torch.Tensor, fit_y: torch.Tensor, classes: int, start: tuple | None = None
+) -> tuple:
     """A multinomial logistic regression of the key on one state (lines, D), by LBFGS, with no
     weight penalty (a separable fit stops at FIT_STEPS). The state is divided by its largest
     magnitude only: a relu network's units span many orders of magnitude, and per-unit
-    standardising would hide a readout the model itself can use. Returns (weights, bias,
-    scale)."""
+    standardising would hide a readout the model itself can use. `start` (weights (D, classes),
+    bias) is a readout to begin from, the model's own where there is one: of it and the fitted
+    one, the better on the fitted lines is kept, so the probe never fits worse than the model's
+    own readout. Returns (weights, bias, scale)."""
     x = torch.nan_to_num(fit_x.double(), nan=0.0, posinf=1e300, neginf=-1e300)
     scale = x.abs().max().clamp_min(1e-300)
     z = x / scale
-    weights = torch.zeros(z.shape[1], classes, dtype=z.dtype, requires_grad=True)
-    bias = torch.zeros(classes, dtype=z.dtype, requires_grad=True)
+    if start is None:
+        first = (
+            torch.zeros(z.shape[1], classes, dtype=z.dtype),
+            torch.zeros(classes, dtype=z.dtype),
+        )
+    else:  # the same logits on the scaled state
+        first = (start[0].double() * scale, start[1].double())
+    weights = first[0].clone().requires_grad_(True)
+    bias = first[1].clone().requires_grad_(True)
     optimiser = torch.optim.LBFGS(
         [weights, bias], max_iter=FIT_STEPS, line_search_fn="strong_wolfe"
     )
@@ -140,7 +151,33 @@ def fit_readout(fit_x: torch.Tensor, fit_y: torch.Tensor, classes: int) -> tuple
         return loss
 
     optimiser.step(closure)
-    return weights.detach(), bias.detach(), scale
+    fitted = (weights.detach(), bias.detach(), scale)
+    began = (*first, scale)
+    if start is not None and _fit(fit_x, fit_y, began) > _fit(fit_x, fit_y, fitted):
+        return began
+    return fitted
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, readout: tuple) -> float:
+    """Accuracy on the fitted lines; a readout whose outputs are not finite counts as 0."""
+    weights, bias, scale = readout
+    if not (torch.isfinite(weights).all() and torch.isfinite(bias).all()):
+        return 0.0
+    return readout_accuracy(x, y, readout)
+
+
+def own_readout(model: RNNLanguageModel, keys: np.ndarray, size: int) -> tuple:
+    """The model's own readout of the keys from the last layer's state (size D; h first):
+    its output map is affine in h, so its weights are output(e_i) - output(0) and its bias
+    output(0), restricted to the keys' rows; the rest of the state (an LSTM's c) gets 0."""
+    hidden = model.config.hidden_size
+    device = model.embedding.weight.device
+    with torch.no_grad():
+        points = torch.cat([torch.zeros(1, hidden), torch.eye(hidden)]).to(device)
+        logits = model.output(points).double().cpu()[:, torch.as_tensor(keys)]
+    weights = torch.zeros(size, len(keys), dtype=torch.float64)
+    weights[:hidden] = logits[1:] - logits[0]
+    return weights, logits[0]
 
 
 def readout_accuracy(x: torch.Tensor, y: torch.Tensor, fitted: tuple) -> float:
@@ -183,9 +220,11 @@ def probe_model(
     lags = probe_lags(max_lag)
     accuracy: list[list[float]] = [[] for _ in fit_states]
     fit_accuracy: list[list[float]] = [[] for _ in fit_states]
+    last = len(fit_states) - 1
     for layer, (fit_x, held_x) in enumerate(zip(fit_states, held_states, strict=True)):
+        start = own_readout(model, keys, fit_x.shape[2]) if layer == last else None
         for k in lags:
-            fitted = fit_readout(fit_x[k], fit_y, len(keys))
+            fitted = fit_readout(fit_x[k], fit_y, len(keys), start)
             accuracy[layer].append(readout_accuracy(held_x[k], held_y, fitted))
             fit_accuracy[layer].append(readout_accuracy(fit_x[k], fit_y, fitted))
     own = logits.argmax(dim=1).cpu().numpy() == ids[held_end]
