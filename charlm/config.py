@@ -101,6 +101,9 @@ class ModelConfig:
     # but learned language slower than 0 at every budget measured (docs/benchmarks.md).
     forget_bias: float = 0.0
     recurrent_init: Literal["default", "orthogonal", "identity"] = "default"  # identity: IRNN
+    # recurrent_init=identity/orthogonal: each W_hh block starts at this times I (or Q); 1 is
+    # Le et al.'s IRNN, below 1 a contracting start (docs/cells.md measures what it changes)
+    recurrent_gain: float = 1.0
     leak: float = 0.0  # plain RNN only: h = leak * h_prev + (1 - leak) * tanh(...)
     # cell=rnn only: relu with recurrent_init=identity is Le et al. (2015)'s IRNN
     nonlinearity: Literal["tanh", "relu"] = "tanh"
@@ -127,6 +130,13 @@ class ModelConfig:
             problems.append(f"model.unigram_bias must be in [0, 1] (got {self.unigram_bias})")
         if not 0.0 <= self.leak < 1.0:
             problems.append(f"model.leak must be in [0, 1) (got {self.leak})")
+        if not 0.0 < self.recurrent_gain <= 10.0:
+            problems.append(f"model.recurrent_gain must be in (0, 10] (got {self.recurrent_gain})")
+        if self.recurrent_gain != 1.0 and self.recurrent_init == "default":
+            problems.append(
+                "model.recurrent_gain scales recurrent_init=identity or orthogonal; set one of "
+                "them or drop the gain"
+            )
         if not 0.0 < self.init_range <= 1.0:
             problems.append(f"model.init_range must be in (0, 1] (got {self.init_range})")
         for name in _DROPOUTS:

@@ -54,6 +54,17 @@ def test_identity_init_is_the_identity_with_zero_biases(cell):
         assert not w.b_ih.any() and not w.b_hh.any()
 
 
+def test_recurrent_gain_scales_the_identity_and_the_orthogonal_start():
+    irnn = _model(cell="rnn", recurrent_init="identity", recurrent_gain=0.5)
+    torch.testing.assert_close(irnn.layer_weights(0).w_hh.detach(), 0.5 * torch.eye(6))
+    ortho = _model(cell="gru", recurrent_init="orthogonal", recurrent_gain=0.9)
+    for block in ortho.layer_weights(1).w_hh.detach().split(6, dim=0):
+        torch.testing.assert_close(block @ block.T, 0.81 * torch.eye(6), atol=1e-5, rtol=0)
+    problems = ModelConfig(recurrent_gain=0.5).validate()  # no identity/orthogonal start to scale
+    assert any("recurrent_gain" in p for p in problems)
+    assert any("recurrent_gain" in p for p in ModelConfig(recurrent_gain=0.0).validate())
+
+
 def test_orthogonal_init_gives_orthogonal_blocks():
     model = _model(cell="gru", recurrent_init="orthogonal")
     for block in model.layer_weights(1).w_hh.detach().split(6, dim=0):

@@ -146,3 +146,67 @@ def test_cli_refuses_bad_settings_with_exit_2(tmp_path: Path, args):
     result = cli(*["data", "synth", *args, "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert not (tmp_path / "x" / "truth.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("lag", "keys", "alphabet", "length"), [(1, 2, 3, 1), (4, 3, 2, 3), (9, 8, 8, 5)]
+)
+def test_copy_truth_is_string_plus_noise_entropy_over_line_length(lag, keys, alphabet, length):
+    _, valid, truth = make_task(
+        "copy", lag=lag, keys=keys, alphabet=alphabet, copy_length=length, length=100,
+        valid_length=600,
+    )  # fmt: skip
+    width = 2 * length + lag + 2
+    expected = (length * math.log(keys) + lag * math.log(alphabet)) / width
+    assert truth["best_loss"] == pytest.approx(expected, rel=1e-12)
+    assert truth["recall_chance_loss"] == pytest.approx(math.log(keys))  # memoryless baseline
+    assert truth["no_recall_excess"] == pytest.approx(length * math.log(keys) / width)
+    lines = valid.split("\n")
+    assert valid.endswith("\n") and lines[-1] == "" and len(valid) == truth["valid_chars"]
+    for line in lines[:-1]:  # whole lines from the first character on
+        string, rest = line[:length], line[length:]
+        assert len(line) == width - 1 and rest == rest[:lag] + "=" + string
+        assert string.isupper() and rest[:lag].islower()
+        assert set(string) <= set("ABCDEFGH"[:keys])
+
+
+def test_copy_is_scored_at_the_copied_string_and_stages_like_the_lag_task(tmp_path):
+    single = write_task(
+        tmp_path / "one", "copy", lag=3, copy_length=4, length=300, valid_length=200
+    )
+    text = (tmp_path / "one" / "train.txt").read_text()
+    mask = np.fromfile(tmp_path / "one" / "train.mask", dtype=np.uint8)
+    scored = [i for i, b in enumerate(mask) if b & 1]
+    cues = [i for i, c in enumerate(text) if c == "="]
+    assert scored == [c + j for c in cues for j in range(1, 5)]
+    assert single["score"]["groups"] == {"1": "copy3"} and set(mask[scored] >> 1) == {1}
+    staged = write_task(tmp_path / "st", "copy", lags=[2, 5], heldout_lags=[8], copy_length=2,
+                        length=200, valid_length=150)  # fmt: skip
+    assert staged["score"]["curriculum"] == ["lag2", "lag5"] and staged["score"]["heldout"] == [
+        "lag8"
+    ]
+    valid = (tmp_path / "st" / "valid.txt").read_text()
+    assert {len(line) - 2 * 2 - 1 for line in valid.split("\n")[:-1]} == {2, 5, 8}
+    assert [s["lag"] for s in staged["stages"]] == [2, 5, 8]
+    assert staged["settings"]["copy_length"] == 2 and staged["recall_chance_loss"] == math.log(8)
+
+
+def test_a_bad_copy_length_is_refused_before_writing(tmp_path):
+    result = cli("data", "synth", "copy", "--copy-length", "0", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "--copy-length must be in [1, 100]" in result.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_staged_copy_task_trains_with_its_curriculum_and_groups(tmp_path):
+    from tests.helpers import train_tiny
+
+    write_task(tmp_path / "c", "copy", lags=[2, 4], heldout_lags=[6], copy_length=2, keys=3,
+               length=2000, valid_length=300)  # fmt: skip
+    run = tmp_path / "run"
+    result = train_tiny(tmp_path / "c" / "train.txt", "--val-file", tmp_path / "c" / "valid.txt",
+                        "--config", "lag-curriculum", "--out", run, steps=20)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    vals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [v for v in vals if v["kind"] == "val"]
+    assert set(vals[-1]["groups"]) == {"lag2", "lag4", "lag6"} and vals[-1]["stage"] == "lag2"
+    assert vals[-1]["groups"]["lag6"]["positions"] == 2 * (300 // (2 * 2 + 6 + 2))

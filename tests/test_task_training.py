@@ -62,7 +62,7 @@ def test_synth_writes_a_mask_per_text_and_a_staged_task_in_blocks(tmp_path):
     ("args", "message"),
     [
         (["markov", "--score", "task"], "no scored position"),
-        (["brackets", "--lags", "3,4"], "apply to the lag task"),
+        (["brackets", "--lags", "3,4"], "apply to the lag and copy tasks"),
         (["lag", "--lags", "3,x"], "whole numbers"),
         (["lag", "--score", "some"], "must be one of"),
     ],

@@ -169,7 +169,7 @@ def test_checkpoints_give_one_curve_per_kept_step(tmp_path: Path) -> None:
     assert every.exit_code == 0, every.stderr
     records = [json.loads(line) for line in every.stdout.splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
-    assert [r["label"] for r in records] == ["gru step 10", "gru step 20", "gru step 30"]
+    assert [r["label"] for r in records] == [f"gru (run) step {k}" for k in (10, 20, 30)]
     assert records[0]["grad_norm"] != records[2]["grad_norm"]  # training moved the weights
     two = cli(
         "gradients", run, "--text", text, "--max-lag", "4", "--json", "--checkpoints", "10,30"

@@ -38,15 +38,19 @@ def data_list() -> None:
 @data_app.command("synth")
 @handle_errors
 def data_synth(
-    task: Annotated[str, typer.Argument(help="lag, markov or brackets.")],
+    task: Annotated[str, typer.Argument(help="lag, markov, brackets or copy.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the task's files.")],
     length: Annotated[int, typer.Option(help="Characters of train.txt.")] = 200_000,
     valid_length: Annotated[int, typer.Option(help="Characters of valid.txt.")] = 20_000,
-    lag: Annotated[int, typer.Option(help="lag: noise letters between key and repeat.")] = 10,
-    keys: Annotated[int, typer.Option(help="lag: distinct keys (capital letters).")] = 8,
+    lag: Annotated[
+        int, typer.Option(help="lag, copy: noise letters between key (string) and repeat.")
+    ] = 10,
+    keys: Annotated[int, typer.Option(help="lag, copy: distinct keys (capital letters).")] = 8,
     alphabet: Annotated[
-        int, typer.Option(help="lag: noise letters (default 8); markov: symbols (default 4).")
+        int,
+        typer.Option(help="lag, copy: noise letters (default 8); markov: symbols (default 4)."),
     ] = 0,
+    copy_length: Annotated[int, typer.Option(help="copy: symbols in the string copied.")] = 10,
     order: Annotated[int, typer.Option(help="markov: characters of context.")] = 3,
     concentration: Annotated[
         float, typer.Option(help="markov: Dirichlet concentration (small = predictable).")
@@ -57,24 +61,30 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 1,
     score: Annotated[
         str | None,
-        typer.Option(help="What the loss counts: task (lag: the recall only; its default) or all."),
+        typer.Option(
+            help="What the loss counts: task (lag: the recall, copy: the copied string; "
+            "their default) or all."
+        ),
     ] = None,
     lags: Annotated[
-        str | None, typer.Option(help="lag: a curriculum, e.g. 5,10,20 (--length per stage).")
+        str | None,
+        typer.Option(help="lag, copy: a curriculum, e.g. 5,10,20 (--length per stage)."),
     ] = None,
     heldout_lags: Annotated[
-        str | None, typer.Option(help="lag: lags in valid.txt only, e.g. 200 (with --lags).")
+        str | None,
+        typer.Option(help="lag, copy: lags in valid.txt only, e.g. 200 (with --lags)."),
     ] = None,
 ) -> None:
     """Write a synthetic task (train.txt, valid.txt) and truth.json with its best achievable loss.
 
-    A lag task also gets train.mask and valid.mask: where it is scored (README, "Synthetic
-    tasks: masks, lines, curricula").
+    A lag or copy task also gets train.mask and valid.mask: where it is scored (README,
+    "Synthetic tasks: masks, lines, curricula").
 
     Examples:
       charlm data synth lag --lag 20 --out data/lag20
       charlm train data/lag20/train.txt --val-file data/lag20/valid.txt --out runs/lag20
       charlm data synth lag --lags 5,10,20,30,50,70,100 --heldout-lags 200 --out data/lagc
+      charlm data synth copy --copy-length 5 --lags 5,10,20 --heldout-lags 40 --out data/copy
     """
     from charlm.tasks.synth import write_task
 
@@ -95,6 +105,7 @@ def data_synth(
         types=types,
         open_prob=open_prob,
         seed=seed,
+        copy_length=copy_length,
     )
     if "stages" in truth:
         stages = ", ".join(

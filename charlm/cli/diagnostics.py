@@ -9,10 +9,10 @@ import typer
 
 from charlm.cli.app import app, handle_errors, say
 from charlm.cli.options import ConfigOpt, DeviceOpt, JsonOpt, SetOpt, WhichOpt, choices
-from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, X_AXES
+from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, PROBE, X_AXES
 
 At = choices("At", POSITIONS)
-Measure = choices("Measure", MEASURES)
+Measure = choices("Measure", (*MEASURES, PROBE))
 Norm = choices("Norm", NORMS)
 X = choices("X", X_AXES)
 
@@ -38,7 +38,8 @@ MeasureOpt = Annotated[
     typer.Option(
         "--measure",
         help="loss: |d loss_T / d h_(T-k)|; jacobian: the norm of the state Jacobian "
-        "d s_T / d s_(T-k), independent of the loss.",
+        "d s_T / d s_(T-k), independent of the loss; probe (with --at task): how well a "
+        "linear readout of s_(T-k) decodes the line's key, on held-out lines.",
     ),
 ]
 NormOpt = Annotated[
@@ -53,6 +54,14 @@ CheckpointsOpt = Annotated[
     str | None,
     typer.Option(
         "--checkpoints", help="all, or steps like 100,500: one curve per kept checkpoint."
+    ),
+]
+
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Windows averaged over (32 unless given); --measure probe: held-out lines (256 "
+        "unless given), as many again fitted on."
     ),
 ]
 
@@ -71,8 +80,8 @@ def gradients(
     measure: MeasureOpt = "loss",
     norm: NormOpt = "spectral",
     checkpoints: CheckpointsOpt = None,
-    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K.")] = 50,
-    batch: Annotated[int, typer.Option(help="Windows averaged over.")] = 32,
+    max_lag: Annotated[int, typer.Option(help="Measure lags 1..K (the probe: 0..K).")] = 50,
+    batch: BatchOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the window positions.")] = 0,
     json_out: JsonOpt = False,
     plot: Annotated[
@@ -102,6 +111,7 @@ def gradients(
       charlm gradients --fresh rnn,gru,lstm,irnn --text valid.txt --plot fresh.png
       charlm gradients runs/rnn runs/lstm --text data/lag20/valid.txt --at task --plot grads.png
       charlm gradients runs/gru --checkpoints all --measure jacobian --text valid.txt --plot p.png
+      charlm gradients runs/rnn runs/gru --text data/lag100/valid.txt --at task --measure probe
     """
     from charlm.diagnostics.report import gradient_report
 

@@ -141,3 +141,43 @@ def plot_singular_values(
     axes[0][0].set_ylabel("singular value")
     axes[0][0].legend(fontsize=8, ncol=2)
     return _captioned(fig, caption, out)
+
+
+def probe_caption(probes: Sequence[Any]) -> str:
+    """One line: what the key-readout probe measured, on how many lines, with which seed."""
+    p = probes[0]
+    return (
+        "held-out accuracy of a linear readout (multinomial logistic regression) of the layer's "
+        "state k steps before the task's scored position, fitted to each line's key (its first "
+        f"character) on {p.windows} lines and scored on {p.windows} others (split seed {p.seed}), "
+        "each line run from its start; star at k = 0: the model's own accuracy there; grey: "
+        "1 / keys"
+    )
+
+
+def plot_probe_profiles(probes: Sequence[Any], out: Path, caption: str | None = None) -> Path:
+    """The probe's held-out accuracy against k, one panel per layer (shared axes), one colour
+    per model, the model's own accuracy as a star at k = 0."""
+    if not probes:
+        raise UsageError("no probes to plot")
+    layers = max(p.layers for p in probes)
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, layers, figsize=(6.5 + 4 * (layers - 1), 4.6), sharex=True, sharey=True, squeeze=False
+    )
+    for i, probe in enumerate(probes):
+        colour = f"C{i % 10}"
+        for layer in range(probe.layers):
+            ax = axes[0][layer]
+            ax.plot(probe.lags, probe.accuracy[layer], color=colour, label=probe.label)
+            ax.plot([0], [probe.model_accuracy], "*", color=colour, ms=11, mec="k", mew=0.5)
+    for layer, ax in enumerate(axes[0]):
+        ax.axhline(1 / max(p.keys for p in probes), color="grey", ls="--", lw=1)
+        title = "key decoded from the state k steps before the recall"
+        ax.set(xlabel="k (steps before the scored position)", ylim=(0, 1.03), title=title)
+        if layers > 1:
+            ax.set_title(f"{title}, layer {layer + 1}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy")
+    axes[0][0].legend(fontsize=9)
+    return _captioned(fig, caption or probe_caption(probes), out)

@@ -28,6 +28,7 @@ from charlm.model.cells import cell_label, layer_of, map_state
 from charlm.model.network import RNNLanguageModel
 
 BURN_IN = 50  # steps run without gradients first, so the states measured are typical ones
+WINDOWS = 32  # windows a profile averages over, unless told
 
 # step(x_t, state) -> (new state, [hidden state of each layer] (batch, hidden) each)
 StepFn = Callable[[Tensor, Any], tuple[Any, list[Tensor]]]

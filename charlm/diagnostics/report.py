@@ -13,9 +13,10 @@ from charlm.data.prepare import read_text
 from charlm.diagnostics import figures
 from charlm.diagnostics.activations import activation_stats
 from charlm.diagnostics.activations import singular_values as svs
-from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS
+from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, PROBE
 from charlm.diagnostics.figure_files import check_figure_path
-from charlm.diagnostics.gradients import GradientProfile, measure_model
+from charlm.diagnostics.gradients import WINDOWS, GradientProfile, measure_model
+from charlm.diagnostics.probe import PROBE_LINES, ProbeProfile, probe_model
 from charlm.diagnostics.subjects import Subject, fresh_subjects, run_subjects, task_targets
 from charlm.errors import UsageError
 from charlm.rundir.names import check_which
@@ -41,7 +42,7 @@ def gradient_report(
     norm: str = "spectral",
     checkpoints: str | None = None,
     max_lag: int = 50,
-    batch: int = 32,
+    batch: int | None = None,
     seed: int = 0,
     json_out: bool = False,
     plot: Path | None = None,
@@ -55,7 +56,10 @@ def gradient_report(
     print the profiles on stdout (a table, or JSON lines), draw the figures asked for.
 
     `runs` are run directories; without them, `fresh` names fresh models (cells or presets,
-    comma-separated) built from `config` and `overrides`. Messages for people go to `say`.
+    comma-separated) built from `config` and `overrides`. `measure` probe: the key-readout
+    probe (diagnostics/probe.py) instead of a norm. `batch`: windows averaged over (default
+    WINDOWS), for the probe the held-out lines (default PROBE_LINES; as many again fitted on).
+    Messages for people go to `say`.
     """
     figures_out = [p for p in (plot, histograms, singular_values) if p is not None]
     check_gradient_options(runs, text, config, overrides, fresh, at, measure, norm, figures_out)
@@ -63,14 +67,72 @@ def gradient_report(
     raw = read_text(text, csv_column=None)
     subjects = gradient_subjects(runs, raw, config, overrides, fresh, checkpoints, which, device)
     targets = task_targets(text, raw, subjects) if at == "task" else None
-    options = {"max_lag": max_lag, "batch": batch, "seed": seed, "measure": measure, "norm": norm}
-    profiles = measure_subjects(subjects, targets, at == "task", options)
-    print_profiles(profiles, json_out, max_lag)
-    if plot is not None:
-        say(f"wrote {figures.plot_gradient_profiles(profiles, plot)}")
+    if measure == PROBE:
+        batch = PROBE_LINES if batch is None else batch
+        probes = probe_subjects(subjects, targets, max_lag, batch, seed)
+        print_probes(probes, json_out, max_lag)
+        if plot is not None:
+            say(f"wrote {figures.plot_probe_profiles(probes, plot)}")
+        profiles: Sequence[Any] = probes
+    else:
+        batch = WINDOWS if batch is None else batch
+        options = {"max_lag": max_lag, "batch": batch, "seed": seed, "measure": measure}
+        profiles = measure_subjects(subjects, targets, at == "task", options | {"norm": norm})
+        print_profiles(profiles, json_out, max_lag)
+        if plot is not None:
+            say(f"wrote {figures.plot_gradient_profiles(profiles, plot)}")
     if histograms is not None or singular_values is not None:
         draw_insides(subjects, profiles, targets, histograms, singular_values, json_out, at, say)
     return profiles
+
+
+def probe_subjects(
+    subjects: Sequence[Subject], targets: Any, max_lag: int, batch: int, seed: int
+) -> list[ProbeProfile]:
+    """One ProbeProfile per subject, on the lines holding the task's scored positions."""
+    return [
+        dataclasses.replace(
+            probe_model(
+                s.model,
+                s.ids,
+                targets,
+                s.line_break,
+                max_lag=max_lag,
+                batch=batch,
+                seed=seed,
+                source=s.source,
+            ),
+            label=s.label,
+            step=s.step,
+            model_seed=s.model_seed,
+        )  # fmt: skip
+        for s in subjects
+        if s.line_break is not None
+    ]
+
+
+def print_probes(probes: Sequence[ProbeProfile], json_out: bool, max_lag: int) -> None:
+    """The probes on stdout: JSON lines, or per model its own accuracy and the probe's
+    held-out (fitted) accuracy at k = 0, 1, 2, 5, 10, ... up to `max_lag`."""
+    if json_out:
+        for probe in probes:
+            print(json.dumps(probe.as_dict()))
+        return
+    for p in probes:
+        wanted = {0, 1, 2, 5, 10, 20, 50, 100, 200, 500, max_lag - 1, max_lag}
+        shown = [(i, k) for i, k in enumerate(p.lags) if k in wanted]
+        print(
+            f"{p.label} ({p.source}): {p.cell} {p.layers}x{p.hidden_size}; the model's own "
+            f"accuracy {p.model_accuracy:.2f}; most frequent key {p.chance:.2f} of "
+            f"{p.windows} held-out lines ({p.keys} keys)"
+        )
+        print("    k" + "".join(f"  layer {i + 1} held out (fitted)" for i in range(p.layers)))
+        for index, k in shown:
+            cells = "".join(
+                f"  {p.accuracy[i][index]:17.2f} ({p.fit_accuracy[i][index]:.2f})"
+                for i in range(p.layers)
+            )
+            print(f"  {k:3d}{cells}")
 
 
 def measure_subjects(
@@ -109,11 +171,16 @@ def check_gradient_options(
     """Every refusal of `charlm gradients` before anything is read or written."""
     for flag, value, choices in (
         ("--at", at, POSITIONS),
-        ("--measure", measure, MEASURES),
+        ("--measure", measure, (*MEASURES, PROBE)),
         ("--norm", norm, NORMS),
     ):
         if value not in choices:
             raise UsageError(f"{flag} must be one of {', '.join(choices)} (got '{value}')")
+    if measure == PROBE and at != "task":
+        raise UsageError(
+            "--measure probe decodes each line's key at the task's scored positions: add "
+            "--at task (and a --text made by `charlm data synth`)"
+        )
     if text is None:
         raise UsageError("--text FILE is required (the windows are drawn from it)")
     if runs and (config is not None or overrides or fresh):

@@ -26,7 +26,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 class Subject:
     """One model to measure, with the text in its own vocabulary."""
 
-    label: str  # for legends: the cell's name (and the run or step where several share it)
+    label: str  # for legends: the cell's name; a run's also its name (and the step: --checkpoints)
     model: RNNLanguageModel
     config: RunConfig
     ids: np.ndarray
@@ -88,6 +88,7 @@ def fresh_subjects(
                 model_seed=config.train.seed,
             )  # fmt: skip
         )
+    _disambiguate(subjects)
     return subjects
 
 
@@ -134,12 +135,9 @@ def run_subjects(
         level = loaded.meta["level"]
         encoder = Encoder(Tokenizer.from_str(loaded.tokenizer_json), level)
         model = loaded.build_model(device).eval()
-        label = cell_label(loaded.config.model)
-        if checkpoints is not None:
-            label = f"{label} step {loaded.step}"
         subjects.append(
             Subject(
-                label,
+                cell_label(loaded.config.model),
                 model,
                 loaded.config,
                 encoder.encode(text),
@@ -148,15 +146,36 @@ def run_subjects(
                 step=loaded.step,
             )  # fmt: skip
         )
-    _disambiguate(subjects)
+    names = run_names([Path(run) for run, _ in folders])
+    for subject, name in zip(subjects, names, strict=True):
+        subject.label = f"{subject.label} ({name})"
+        if checkpoints is not None:
+            subject.label = f"{subject.label} step {subject.step}"
     return subjects
 
 
+def run_names(runs: Sequence[Path]) -> list[str]:
+    """Each run's name for a legend: its folder's name, or as many of the folders above it as
+    tell apart runs whose folders share a name (a/gru, b/gru); the same run, the same name."""
+    parts = [Path(run).resolve().parts for run in runs]
+    names = []
+    for mine in parts:
+        others = {p for p in parts if p != mine}
+        depth = 1
+        while depth < len(mine) and any(p[-depth:] == mine[-depth:] for p in others):
+            depth += 1
+        names.append("/".join(mine[-depth:]))
+    return names
+
+
 def _disambiguate(subjects: list[Subject]) -> None:
-    """Labels that several runs share get the run folder's name after them."""
-    for subject in subjects:
-        if sum(s.label == subject.label for s in subjects) > 1:
-            subject.label = f"{subject.label} ({Path(subject.source).name})"
+    """Fresh models that share a label (a name given twice): a number after each, 1, 2, ..."""
+    labels = [s.label for s in subjects]
+    seen: dict[str, int] = {}
+    for subject, label in zip(subjects, labels, strict=True):
+        if labels.count(label) > 1:
+            seen[label] = seen.get(label, 0) + 1
+            subject.label = f"{label} ({seen[label]})"
 
 
 def _line_break(encoder: object, level: str) -> int | None:

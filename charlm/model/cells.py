@@ -118,13 +118,14 @@ class Cell:
         hidden = config.hidden_size
         for layer in range(config.layers):
             w = self.layer_weights(rnn, layer)
+            gain = config.recurrent_gain
             if config.recurrent_init == "orthogonal":
                 for block in w.w_hh.data.split(hidden, dim=0):
-                    nn.init.orthogonal_(block)
+                    nn.init.orthogonal_(block, gain=gain)
             elif config.recurrent_init == "identity":
                 # IRNN (Le et al. 2015): identity recurrence, zero recurrent bias.
                 for block in w.w_hh.data.split(hidden, dim=0):
-                    block.copy_(torch.eye(hidden))
+                    block.copy_(gain * torch.eye(hidden))
                 for bias in (w.b_hh, w.b_ih):
                     if bias is not None:
                         nn.init.zeros_(bias)

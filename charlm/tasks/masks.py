@@ -27,7 +27,8 @@ SCORES = ("all", "task")  # what the loss counts: every character, or the task's
 MASK_SUFFIX = ".mask"
 LOSS_BIT = 1
 MAX_GROUPS = 127
-SCORED_TASKS = {"lag": "recall"}  # tasks with a scored position, and what that position is
+# Tasks with scored positions, and what those positions are.
+SCORED_TASKS = {"lag": "recall", "copy": "copy"}
 
 
 def default_score(task: str) -> str:
@@ -38,10 +39,11 @@ def default_score(task: str) -> str:
 def score_mask(text: str, truth: dict[str, Any]) -> np.ndarray:
     """True where text[i] is a scored target of the task `truth` describes (truth.json's dict).
 
-    lag: the character right after each cue '=' (the recalled key); a task without a scored
-    position (markov, brackets): every character. Position 0 is never a target, so never True
-    for lag. The rule ignores truth's `score` choice: it says where the task is measured, not
-    what a run's loss counts.
+    lag: the character right after each cue '=' (the recalled key); copy: the
+    `settings.copy_length` characters after each cue (the copied string); a task without a
+    scored position (markov, brackets): every character. Position 0 is never a target, so never
+    True for lag or copy. The rule ignores truth's `score` choice: it says where the task is
+    measured, not what a run's loss counts.
     """
     task = truth.get("task")
     if task not in SCORED_TASKS:
@@ -49,8 +51,12 @@ def score_mask(text: str, truth: dict[str, Any]) -> np.ndarray:
     rule = truth.get("score")
     cue = rule.get("cue", CUE) if isinstance(rule, dict) else CUE
     codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    after = int(truth.get("settings", {}).get("copy_length", 1)) if task == "copy" else 1
     mask = np.zeros(len(codes), dtype=bool)
-    mask[1:] = codes[:-1] == ord(cue)
+    cues = np.flatnonzero(codes == ord(cue))
+    for offset in range(1, after + 1):
+        where = cues + offset
+        mask[where[where < len(codes)]] = True
     return mask
 
 

@@ -1,4 +1,4 @@
-"""Synthetic long-range tasks (lag, Markov, brackets) with their exact best loss and their masks.
+"""Synthetic long-range tasks (lag, Markov, brackets, copy) with their exact best loss and masks.
 
 Every task is a *probabilistic automaton*: a hidden state s emits character c with probability
 P(c | s) and moves to the state delta(s, c). The text is a sample of this chain started from its
@@ -23,6 +23,10 @@ A lag task also gets mask files (charlm/tasks/masks.py) beside its texts: the re
 its task positions, and what the loss counts (`score`: "task", the recall positions only, or
 "all"). A staged lag task (`lags`) is one block of whole lines per lag, shortest first, each
 a group of the mask and a stage of the curriculum; held-out lags are in valid.txt only.
+
+The copy task (tasks/copying.py: a string of `copy_length` symbols to repeat after the lag) has
+too many states for an automaton; it is sampled as whole lines, scored at the copied symbols,
+staged like the lag task, and its truth computed in closed form (no stream-cut optimum).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 
 from charlm.errors import DataError, UsageError
 from charlm.system.files import write_together
+from charlm.tasks.copying import copy_lines, copy_rate, copy_settings, copy_truth
 from charlm.tasks.masks import (
     CUE,
     SCORED_TASKS,
@@ -48,7 +53,7 @@ from charlm.tasks.masks import (
     score_mask,
 )
 
-TASKS = ("lag", "markov", "brackets")
+TASKS = ("lag", "markov", "brackets", "copy")
 TRUTH_FILE = "truth.json"
 MAX_STATES = 4096  # the stationary distribution is solved densely
 EVAL_STREAMS = (1, 8, 16, 32, 64)  # stream counts (train.batch_size) listed in truth.json
@@ -317,10 +322,17 @@ def make_task(
     types: int = 2,
     open_prob: float = 0.5,
     seed: int = 1,
+    copy_length: int = 10,
 ) -> tuple[str, str, dict[str, Any]]:
     """(train text, valid text, truth) for a task; `alphabet` 0 means the task's default."""
     _check("length", length, 2)
     _check("valid-length", valid_length, 2)
+    if task == "copy":
+        copying = copy_settings(lag, keys, alphabet, copy_length)
+        rng = np.random.default_rng([seed, 0])
+        train_text = copy_lines(copying, length, rng)
+        valid_text = copy_lines(copying, valid_length, rng)
+        return train_text, valid_text, copy_truth(copying, seed, len(valid_text))
     settings = _task_settings(
         task, lag, keys, alphabet, order, concentration, depth, types, open_prob, seed
     )
@@ -372,8 +384,10 @@ def check_score(task: str, score: str | None, lags: list[int], heldout: list[int
             f"--score task: '{task}' has no scored position (every character is the task); "
             "use --score all"
         )
-    if (lags or heldout) and task != "lag":
-        raise UsageError(f"--lags and --heldout-lags apply to the lag task (got '{task}')")
+    if (lags or heldout) and task not in SCORED_TASKS:
+        raise UsageError(
+            f"--lags and --heldout-lags apply to the lag and copy tasks (got '{task}')"
+        )
     if heldout and not lags:
         raise UsageError("--heldout-lags needs --lags (the stages trained on)")
     for value in [*lags, *heldout]:
@@ -410,38 +424,52 @@ def _lines_from_start(automaton: Automaton, length: int, rng: np.random.Generato
     return text[: end + 1]
 
 
+def _stage(
+    task: str, lag: int, keys: int, alphabet: int, copy_length: int, seed: int
+) -> tuple[dict[str, Any], Any, float]:
+    """One stage's settings, its sampler `(chars, rng) -> whole lines` and its entropy rate."""
+    if task == "copy":
+        settings = copy_settings(lag, keys, alphabet, copy_length)
+        return settings, lambda chars, rng: copy_lines(settings, chars, rng), copy_rate(settings)
+    settings = _task_settings("lag", lag, keys, alphabet, 3, 0.5, 8, 2, 0.5, seed)
+    automaton = build_automaton("lag", settings)
+    sample = lambda chars, rng: _lines_from_start(automaton, chars, rng)  # noqa: E731
+    return settings, sample, automaton.entropy_rate()
+
+
 def make_staged_lag(
     lags: list[int], heldout: list[int], score: str, *, length: int, valid_length: int,
-    keys: int, alphabet: int, seed: int,
+    keys: int, alphabet: int, seed: int, task: str = "lag", copy_length: int = 10,
 ) -> tuple[str, str, np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
-    """(train, valid, their masks, truth) of a lag curriculum: a block of lines per lag.
+    """(train, valid, their masks, truth) of a lag (or copy) curriculum: a block of lines per
+    lag.
 
     Stage i (group i + 1) is `length` characters of whole lines at lags[i] in train.txt and
     `valid_length` in valid.txt; each held-out lag has a block in valid.txt only."""
     alphabet = alphabet or 8
-    truth: dict[str, Any] = {"task": "lag", "seed": seed, "stages": []}
+    truth: dict[str, Any] = {"task": task, "seed": seed, "stages": []}
+    last, _, _ = _stage(task, lags[-1], keys, alphabet, copy_length, seed)
+    truth["settings"] = {**last, "lags": lags, "heldout_lags": heldout}
     names = {str(i + 1): f"lag{lag}" for i, lag in enumerate(lags + heldout)}
     truth["score"] = {
-        "mode": score, "cue": CUE, "name": "recall", "note": _NOTE, "groups": names,
+        "mode": score, "cue": CUE, "name": SCORED_TASKS[task], "note": _NOTE, "groups": names,
         "curriculum": [f"lag{lag}" for lag in lags], "heldout": [f"lag{lag}" for lag in heldout],
     }  # fmt: skip
     rng = np.random.default_rng([seed, 0])
     parts: dict[str, list] = {"train": [], "valid": [], "train_mask": [], "valid_mask": []}
     for group, lag in enumerate(lags + heldout, start=1):
-        settings = _task_settings("lag", lag, keys, alphabet, 3, 0.5, 8, 2, 0.5, seed)
-        automaton = build_automaton("lag", settings)
+        _, sample, rate = _stage(task, lag, keys, alphabet, copy_length, seed)
         splits = [("valid", valid_length)] if lag in heldout else [("train", length)]
         if lag not in heldout:
             splits.append(("valid", valid_length))
         for split, chars in splits:
-            text = _lines_from_start(automaton, chars, rng)
+            text = sample(chars, rng)
             parts[split].append(text)
             parts[f"{split}_mask"].append(_lag_masks(text, truth, score, group, True))
-        rate = automaton.entropy_rate()
         truth["stages"].append({"lag": lag, "best_loss": rate, "held_out": lag in heldout})
-    truth["settings"] = {"lag": lags[-1], "keys": keys, "alphabet": alphabet, "lags": lags}
-    truth["settings"]["heldout_lags"] = heldout
-    truth["alphabet"] = build_automaton("lag", truth["settings"]).chars
+    truth["settings"] = truth.pop("settings")  # after the stages in truth.json, as it always was
+    alphabet_of = build_automaton("lag", truth["settings"]).chars if task == "lag" else None
+    truth["alphabet"] = alphabet_of or copy_truth(last, seed, 0)["alphabet"]
     truth["recall_chance_loss"] = math.log(keys)
     truth["stages_note"] = (
         "one block of whole lines per lag, in this order, each starting at a line start; "
@@ -468,6 +496,7 @@ def write_task(
     masks: tuple[np.ndarray, np.ndarray] | None = None
     if lags:
         keep = {k: options[k] for k in _STAGED_DEFAULTS if k in options}
+        keep["task"] = task
         staged = make_staged_lag(lags, heldout, score, **{**_STAGED_DEFAULTS, **keep})
         train_text, valid_text, *mask_pair, truth = staged
         masks = (mask_pair[0], mask_pair[1])
@@ -477,9 +506,10 @@ def write_task(
             name = f"{task}{truth['settings'].get('lag', '')}"
             truth["score"] = {"mode": score, "cue": CUE, "name": SCORED_TASKS[task], "note": _NOTE}
             truth["score"].update(groups={"1": name}, curriculum=[], heldout=[])
+            whole = task == "copy"  # its texts start at a line start
             masks = (
-                _lag_masks(train_text, truth, score, 1),
-                _lag_masks(valid_text, truth, score, 1),
+                _lag_masks(train_text, truth, score, 1, whole),
+                _lag_masks(valid_text, truth, score, 1, whole),
             )
     out = Path(out)
     # The bytes as written, "\n" and all: no platform turns it into "\r\n".
@@ -501,7 +531,10 @@ _NOTE = (
     "all: every character), bits 1-7 = its group (a recall of that lag); with mode task a run's "
     "val_loss is a recall loss, whose optimum is 0 (best_loss counts every character)"
 )
-_STAGED_DEFAULTS = {"length": 200_000, "valid_length": 20_000, "keys": 8, "alphabet": 0, "seed": 1}
+_STAGED_DEFAULTS = {
+    "length": 200_000, "valid_length": 20_000, "keys": 8, "alphabet": 0, "seed": 1,
+    "copy_length": 10,
+}  # fmt: skip
 
 
 def read_truth(task_dir: Path) -> dict[str, Any]:
