@@ -62,8 +62,17 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def one_run(work: Path, cell: str, precision: str, seed: int, steps: int, args) -> dict:  # noqa: ANN001
-    """A training run of `steps` steps; its tokens/s and final validation loss."""
+def one_run(
+    work: Path,
+    cell: str,
+    precision: str,
+    seed: int,
+    steps: int,
+    args,
+    full_eval: bool = True,  # noqa: ANN001
+) -> dict:
+    """A training run of `steps` steps; its tokens/s and final validation loss (over the whole
+    split, or one batch for a speed round)."""
     run = work / f"{cell}-{precision}-{seed}-{steps}-{time.monotonic_ns()}"
     sets = [
         f"model.cell={cell}",
@@ -78,7 +87,7 @@ def one_run(work: Path, cell: str, precision: str, seed: int, steps: int, args) 
         f"train.max_steps={steps}",
         "train.log_every=5",
         f"train.eval_every={steps}",
-        "train.eval_batches=0",
+        f"train.eval_batches={0 if full_eval else 1}",
         f"train.checkpoint_every={steps}",
         "train.sample_every_eval=false",
         f"train.threads={args.threads}",
@@ -89,7 +98,9 @@ def one_run(work: Path, cell: str, precision: str, seed: int, steps: int, args) 
     records = read_metrics(run / "metrics.jsonl")
     rates = [r["tokens_per_s"] for r in records if r["kind"] == "train"][1:]
     val = [r["val_loss"] for r in records if r["kind"] == "val"]
-    return {"tokens_per_s": statistics.median(rates) if rates else None, "val_loss": val[-1]}
+    result = {"tokens_per_s": statistics.median(rates) if rates else None, "val_loss": val[-1]}
+    print(f"  {cell} {precision} seed {seed}, {steps} steps: {result}", flush=True)
+    return result
 
 
 def order(round_index: int) -> tuple[str, ...]:
@@ -101,7 +112,8 @@ def measure(work: Path, cell: str, args) -> dict:  # noqa: ANN001
     out: dict = {p: {"speed": [], "runs": []} for p in PRECISIONS}
     for index in range(args.rounds):
         for precision in order(index):
-            rate = one_run(work, cell, precision, 1, args.speed_steps, args)["tokens_per_s"]
+            run = one_run(work, cell, precision, 1, args.speed_steps, args, full_eval=False)
+            rate = run["tokens_per_s"]
             out[precision]["speed"].append(rate)
     for index, seed in enumerate(args.seeds):
         for precision in order(index):
@@ -150,6 +162,8 @@ def main() -> None:
     if not cpu["native_bf16"]:
         print("no native bf16 on this CPU: charlm refuses train.precision=bf16 here")
         return
+    if args.threads:  # the products on the threads the runs train with
+        torch.set_num_threads(args.threads)
     gflops = {
         str(d).removeprefix("torch."): matmul_gflops(d) for d in (torch.float32, torch.bfloat16)
     }

@@ -189,14 +189,21 @@ def test_cpu_bf16_forward_returns_fp32_close_to_fp32_but_not_equal(
 
 
 def test_the_bf16_header_hint_quotes_where_bf16_was_measured_slower() -> None:
+    hint = precision.cpu_bf16_hint
     lstm, gru = ModelConfig(cell="lstm", hidden_size=512), ModelConfig(cell="gru", hidden_size=128)
-    assert precision.cpu_bf16_hint(lstm, AMX) is None  # measured faster: no hint
-    assert precision.cpu_bf16_hint(ModelConfig(cell="gru", hidden_size=512), AMX) is None
-    without_amx = precision.cpu_bf16_hint(lstm, ["AVX512-BF16"])
+    assert hint(lstm, AMX, onednn=True) is None  # measured faster: no hint
+    assert hint(ModelConfig(cell="lstm", hidden_size=128), AMX, onednn=True) is None
+    assert hint(ModelConfig(cell="gru", hidden_size=512), AMX, onednn=False) is None
+    without_amx = hint(lstm, ["AVX512-BF16"], onednn=True)
     assert without_amx and "without AMX" in without_amx and "x fp32" in without_amx
-    small = precision.cpu_bf16_hint(gru, AMX)
+    small = hint(gru, AMX, onednn=False)
     assert small and "128 < 256" in small and "train.precision=fp32" in small
-    assert "unmeasured" in precision.cpu_bf16_hint(lstm, ["BF16"])  # type: ignore[operator]
+    for unmeasured in (
+        hint(lstm, ["BF16"], onednn=True),  # ARM
+        hint(ModelConfig(cell="lstm-peephole", hidden_size=512), AMX, onednn=False),
+        hint(lstm, AMX, onednn=False),  # sentence batching turns oneDNN off
+    ):
+        assert unmeasured and "unmeasured" in unmeasured
 
 
 def test_native_bf16_detection_agrees_with_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,8 @@ from charlm.system.device import cpu_bf16_features, cpu_name
 
 # The fused LSTM runs as one oneDNN bf16 kernel; the other cells cast each step's products.
 ONEDNN_CELLS = frozenset({"lstm"})
+# The cells whose bf16 training was measured (fused kernels; the unrolled ones were not).
+MEASURED_CELLS = frozenset({"lstm", "gru", "rnn"})
 # Below this hidden size the per-step casts cost more than bf16 products save (GRU, RNN).
 SMALL_HIDDEN = 256
 BENCH = "docs/benchmarks.md, CPU precision"
@@ -50,33 +52,46 @@ def check_precision(precision: str, device: torch.device) -> list[str]:
 
 def precision_note(precision: str, model: ModelConfig, device: torch.device) -> str | None:
     """The header line of a bf16 run: how it runs here, and a measured-figure hint where bf16 was
-    measured slower than fp32 (None for fp32)."""
+    measured slower than fp32 or not measured (None for fp32)."""
     if precision == "fp32":
         return None
     if device.type != "cpu":
         return f"precision: {precision} autocast on {device.type}; weights and state stay fp32"
     features = check_precision(precision, device)
-    how = "LSTM through oneDNN" if model.cell in ONEDNN_CELLS else "matrix products in bf16"
+    onednn = uses_onednn(model)
+    how = "LSTM through oneDNN" if onednn else "matrix products in bf16, state in fp32"
     note = f"precision: {precision} autocast on the CPU ({', '.join(features)}; {how})"
-    hint = cpu_bf16_hint(model, features)
+    hint = cpu_bf16_hint(model, features, onednn)
     return f"{note}; {hint}" if hint else note
 
 
-def cpu_bf16_hint(model: ModelConfig, features: list[str]) -> str | None:
+def uses_onednn(model: ModelConfig) -> bool:
+    """Whether autocast runs the recurrence as one oneDNN bf16 kernel: the fused LSTM, unless
+    oneDNN is off (sentence batching turns it off on a CPU, trainer.py)."""
+    return model.cell in ONEDNN_CELLS and torch.backends.mkldnn.enabled
+
+
+def cpu_bf16_hint(model: ModelConfig, features: list[str], onednn: bool) -> str | None:
     """Where bf16 training was measured slower than fp32 on a CPU (or never measured), a hint
     with the figure; None where it was measured faster."""
     fix = "--set train.precision=fp32 may be faster"
     if "AMX-BF16" not in features and "AVX512-BF16" in features:
         return (
-            "without AMX, bf16 trained a 2x512 LSTM at 0.57x fp32's tokens/s (oneDNN held to "
-            f"AVX512-BF16 on an AMX Xeon; {BENCH}); {fix}"
+            "without AMX, bf16 trained a 2x512 LSTM at 0.62x and a GRU at 0.81x fp32's "
+            f"tokens/s (oneDNN held to AVX512-BF16 on an AMX Xeon; {BENCH}); {fix}"
         )
     if "AMX-BF16" not in features:
         return f"bf16 training is unmeasured on this CPU ({', '.join(features)}; {BENCH})"
-    if model.cell not in ONEDNN_CELLS and model.hidden_size < SMALL_HIDDEN:
+    if (
+        model.cell not in MEASURED_CELLS
+        or model.leak
+        or (model.cell in ONEDNN_CELLS and not onednn)
+    ):
+        return f"bf16 training is unmeasured for this cell and path ({BENCH})"
+    if not onednn and model.hidden_size < SMALL_HIDDEN:
         return (
             f"at hidden size {model.hidden_size} < {SMALL_HIDDEN} the per-step casts cost more "
-            f"than bf16 saves (2x128 GRU 0.95x, RNN 0.81x fp32's tokens/s; {BENCH}); {fix}"
+            f"than bf16 saves (2x128 GRU 0.92x, RNN 0.78x fp32's tokens/s; {BENCH}); {fix}"
         )
     return None
 
