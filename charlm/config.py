@@ -241,8 +241,9 @@ class TrainConfig:
     # true: follow the machine's load (one thread while other programs keep a core busy).
     # Faster on a shared machine, but the last bits of the weights then depend on the load.
     adapt_threads: bool = False
-    # bf16: autocast on CUDA (weights, optimiser and state stay fp32); refused on a CPU, where
-    # autocast leaves GRU/LSTM in fp32 and gains nothing
+    # bf16: autocast on CUDA, or on a CPU with native bf16 (AMX-BF16/AVX512-BF16, ARM BF16;
+    # refused on others); weights, optimiser, state and checkpoints stay fp32. A CPU run's
+    # header says where bf16 was measured slower (training/precision.py, docs/benchmarks.md)
     precision: Literal["fp32", "bf16"] = "fp32"
     # torch.compile the training forward (the model as evaluated and saved stays eager). On a
     # 2-core CPU it gained nothing after seconds of compiling; on a GPU unmeasured (figures:

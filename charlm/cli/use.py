@@ -192,6 +192,7 @@ def info(run: RunArg, json_out: JsonOpt = False, which: WhichOpt = "best") -> No
         "vocab_size",
         "best_val_loss",
         "last_val_loss",
+        "precision",
         "train_tokens",
         "data_sha256",
     ):

@@ -161,7 +161,7 @@ def plot_probe_profiles(probes: Sequence[Any], out: Path, caption: str | None = 
     if not probes:
         raise UsageError("no probes to plot")
     layers = max(p.layers for p in probes)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, layers, figsize=(6.5 + 4 * (layers - 1), 4.6), sharex=True, sharey=True, squeeze=False
     )

@@ -35,5 +35,8 @@ def describe(path: Path, which: str = "best") -> dict[str, Any]:
             "evals_since_best": state.evals_since_best,
         },
         "world_size": state.world_size,
+        # The precision the session that saved this checkpoint trained in (train.precision may
+        # change on resume; metrics.jsonl's start records say it for each session).
+        "precision": loaded.config.train.precision,
         "config": config_to_dict(loaded.config),
     }

@@ -1,8 +1,10 @@
-"""Choosing the compute device and CPU threads from the `train.device` and `train.threads` settings."""
+"""Choosing the compute device and CPU threads from the `train.device` and `train.threads` settings,
+and what the CPU computes natively (bf16)."""
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,3 +80,41 @@ def set_threads(threads: int) -> None:
     """Fix the CPU intra-op threads; on a busy 2-core machine one thread can be far faster."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def cpu_bf16_features() -> list[str]:
+    """The CPU's native bf16 instructions: "AMX-BF16" and/or "AVX512-BF16" on x86, "BF16" on
+    ARM; [] where it has none (bf16 there is emulated, slower than fp32).
+
+    Read from `torch.cpu.get_capabilities()` (cpuinfo, the library PyTorch dispatches its kernels
+    by), falling back to /proc/cpuinfo's flags on Linux where a key is absent."""
+    caps = dict(getattr(torch.cpu, "get_capabilities", dict)())
+    flags = cpu_flags()
+    names = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "BF16"))
+    return [label for key, label in names if caps.get(key, key in flags)]
+
+
+def cpu_flags() -> set[str]:
+    """/proc/cpuinfo's first `flags` (x86) or `Features` (ARM) line, as a set; empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the system reports it (/proc/cpuinfo, else `platform`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -22,6 +22,7 @@ from charlm.rundir.lock import RunLock
 from charlm.system.device import resolve_device
 from charlm.system.distributed import DistContext, setup_distributed
 from charlm.tasks.masks import check_task_settings
+from charlm.training.precision import check_precision
 from charlm.training.preflight import (
     DataPlan,
     check_memory,
@@ -34,7 +35,6 @@ from charlm.training.resume import (
     check_global_batch,
     refuse_unsafe_changes,
 )
-from charlm.training.step import with_precision
 from charlm.training.tensorboard_log import check_tensorboard
 from charlm.training.trainer import Trainer, TrainResult
 from charlm.training.wandb_log import check_wandb
@@ -89,7 +89,7 @@ def train(
         if loaded is not None:
             check_global_batch(loaded, config, dist.world_size, run_dir)
         device = resolve_device(config.train.device, dist.local_rank)
-        with_precision(lambda *a: (), config.train.precision, device)  # refuses bf16 off CUDA
+        check_precision(config.train.precision, device)  # bf16: CUDA, or native on a CPU
         with _run_lock(run_dir, dist, loaded):
             result = Trainer(run_dir, config, dist, loaded, plan, force, show_progress, warm).run()
     except RuntimeError as exc:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +24,14 @@ from torch.nn import functional as F
 
 from charlm.config import RunConfig
 from charlm.data.batching import IGNORE_INDEX, to_tensors
-from charlm.errors import TrainingStopped, UsageError
+from charlm.errors import TrainingStopped
 from charlm.model.cells import State, map_state
 from charlm.model.network import RNNLanguageModel, detach_state
 from charlm.model.regularise import activation_penalty
 from charlm.system.distributed import DistContext
 from charlm.training.health import recovery_hint
 from charlm.training.ntasgd import WeightAverager
+from charlm.training.precision import with_precision
 
 MicroBatch = tuple[np.ndarray, np.ndarray, slice]
 
@@ -79,31 +79,6 @@ def _join_states(states: list[State]) -> State:
     if len(states) == 1:
         return states[0]
     return map_state(lambda *parts: torch.cat(parts, dim=1), *states)
-
-
-def with_precision(
-    forward: Callable[..., tuple], precision: str, device: torch.device
-) -> Callable[..., tuple]:
-    """`forward` under bf16 autocast on CUDA (`train.precision=bf16`), else `forward` itself.
-
-    The logits, state and hidden outputs come back in fp32: the loss, the carried state and the
-    checkpoints stay fp32 whatever the precision. On a CPU, autocast leaves GRU/LSTM in fp32,
-    so bf16 would change only the decoder, at a cost in accuracy: refused.
-    """
-    if precision == "fp32":
-        return forward
-    if device.type != "cuda":
-        raise UsageError(
-            f"train.precision={precision} needs a CUDA device (this run is on {device.type}, "
-            "where autocast leaves GRU/LSTM in fp32); use --set train.precision=fp32"
-        )
-
-    def run(*args: Any, **kwargs: Any) -> tuple:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, state, *hidden = forward(*args, **kwargs)
-        return (logits.float(), map_state(Tensor.float, state), *(h.float() for h in hidden))
-
-    return run
 
 
 def layer_grad_norms(model: torch.nn.Module) -> list[float | None]:

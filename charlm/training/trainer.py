@@ -54,6 +54,7 @@ from charlm.training.display import Throughput, TrainingDisplay, status_line
 from charlm.training.health import ExplosionWatch, all_finite, recovery_hint
 from charlm.training.ntasgd import WeightAverager
 from charlm.training.optimizers import build_optimizer, patch_resumed_optimizer
+from charlm.training.precision import precision_note
 from charlm.training.preflight import (
     DataPlan,
 )
@@ -229,6 +230,7 @@ class Trainer:
                 "step": self.step,
                 "seed": t.seed,
                 "resumed": self.loaded is not None,
+                "precision": t.precision,  # as this start (or resume) trains
                 **warm,
             }
         )
@@ -299,6 +301,9 @@ class Trainer:
         )
         if self.device.type == "cpu":
             print_line(f"cpu: {self.threads.describe()}; {openmp_policy()}")  # as it holds now
+        note = precision_note(t.precision, m, self.device)
+        if note is not None:
+            print_line(note)
         if self.tasks.stages:
             print_line(
                 f"curriculum: {', '.join(self.tasks.stages)}; now {self.tasks.stage_name} "
