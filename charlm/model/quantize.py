@@ -32,6 +32,12 @@ def quantized_engine() -> str | None:
     engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
     if not engines or not hasattr(torch.ops.quantized, "linear_dynamic"):
         return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.ao.quantization import quantize_dynamic  # noqa: F401
+    except ImportError:  # a PyTorch after torch.ao.quantization's removal
+        return None
     current = torch.backends.quantized.engine
     return current if current in engines else None
 
