@@ -77,7 +77,9 @@ def readme_blocks(heading: str) -> list:
     commands (each split as the shell would), any other block as its text."""
     text = README.read_text(encoding="utf-8")
     section = text[text.index(f"\n{heading}\n") + len(heading) + 2 :]
-    section = section[: section.find("\n## ")] if "\n## " in section else section
+    level = len(heading) - len(heading.lstrip("#"))  # up to the next heading as high as it
+    ends = [m.start() for m in re.finditer(rf"\n#{{2,{level}}} ", section)]  # "# " is bash
+    section = section[: ends[0]] if ends else section
     blocks = []
     for language, body in re.findall(r"```(\w*)\n(.*?)```", section, re.S):
         if language == "bash":

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from charlm.cli import app
 from charlm.config import setting_choices
 from charlm.data.choices import ERRORS
-from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, X_AXES
+from charlm.diagnostics.choices import MEASURES, NORMS, POSITIONS, PROBE, X_AXES
 from charlm.inference.choices import FORMATS
 from charlm.rundir.names import WHICH
 
@@ -41,7 +41,7 @@ CHOICES = [  # (command, flag, its values as their owner lists them)
     ("export", "--format", FORMATS),
     ("export", "--checkpoint", WHICH),
     ("gradients", "--at", POSITIONS),
-    ("gradients", "--measure", MEASURES),
+    ("gradients", "--measure", (*MEASURES, PROBE)),
     ("gradients", "--norm", NORMS),
     ("gradients", "--device", DEVICES),
     ("gradients", "--checkpoint", WHICH),
