@@ -91,7 +91,7 @@ def probe_subjects(
 ) -> list[ProbeProfile]:
     """One ProbeProfile per subject, on the lines holding the task's scored positions."""
     return [
-        dataclasses.replace(
+        _labelled(
             probe_model(
                 s.model,
                 s.ids,
@@ -102,13 +102,18 @@ def probe_subjects(
                 seed=seed,
                 source=s.source,
             ),
-            label=s.label,
-            step=s.step,
-            model_seed=s.model_seed,
+            s,
         )  # fmt: skip
         for s in subjects
         if s.line_break is not None
     ]
+
+
+def _labelled(profile: Any, subject: Subject) -> Any:
+    """`profile` named for the plot and the JSON as its subject is (label, step, model seed)."""
+    return dataclasses.replace(
+        profile, label=subject.label, step=subject.step, model_seed=subject.model_seed
+    )
 
 
 def print_probes(probes: Sequence[ProbeProfile], json_out: bool, max_lag: int) -> None:
@@ -140,7 +145,7 @@ def measure_subjects(
 ) -> list[GradientProfile]:
     """One GradientProfile per subject (fresh model, run or checkpoint), labelled for the plot."""
     return [
-        dataclasses.replace(
+        _labelled(
             measure_model(
                 s.model,
                 s.ids,
@@ -149,9 +154,7 @@ def measure_subjects(
                 line_break=s.line_break if at_task else None,
                 source=s.source,
             ),
-            label=s.label,
-            step=s.step,
-            model_seed=s.model_seed,
+            s,
         )  # fmt: skip
         for s in subjects
     ]
