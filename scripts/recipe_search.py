@@ -7,7 +7,7 @@ reached, wall time, score). Run on an idle machine: the budget is wall time, so 
 reaches fewer steps.
 
     python scripts/recipe_search.py --train input90.txt --val last10.txt --budget 600 \
-        --out runs/search --only gru256 lstm384
+        --out runs/search --only cpu gru320 lstm384
 """
 
 from __future__ import annotations
@@ -19,34 +19,28 @@ import sys
 import time
 from pathlib import Path
 
-# name -> (config, settings). Every one on top of the named config's own settings.
+# name -> (config, settings). Every one on top of the named config's own settings, and of
+# train.max_steps=0: the budget alone ends every candidate (quickstart names 900 steps).
+CPU = "shakespeare-cpu"
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("quickstart", []),
-    "cpu": ("shakespeare-cpu", []),
-    "gru256": (
-        "quickstart",
-        ["model.hidden_size=256", "model.embedding_dim=64"],
-    ),
-    "gru320": (
-        "quickstart",
-        ["model.hidden_size=320", "model.embedding_dim=64"],
-    ),
-    "gru384-d01": (
-        "quickstart",
-        ["model.hidden_size=384", "model.embedding_dim=64", "model.dropout=0.1"],
-    ),
-    "gru256-b64": (
-        "quickstart",
-        ["model.hidden_size=256", "model.embedding_dim=64", "train.batch_size=64"],
-    ),
-    "lstm384": (
-        "quickstart",
-        ["model.cell=lstm", "model.hidden_size=384", "model.embedding_dim=64"],
-    ),
-    "gru3x256": (
-        "quickstart",
-        ["model.layers=3", "model.hidden_size=256", "model.embedding_dim=64"],
-    ),
+    "cpu": (CPU, []),
+    "cpu-d0": (CPU, ["model.dropout=0.0"]),
+    "cpu-d02": (CPU, ["model.dropout=0.2"]),
+    "cpu-d0-lr5e-3": (CPU, ["model.dropout=0.0", "optim.lr=5e-3"]),
+    "cpu-b64": (CPU, ["train.batch_size=64"]),
+    "cpu-s128": (CPU, ["train.seq_len=128"]),
+    "cpu-lr2e-3": (CPU, ["optim.lr=2e-3"]),
+    "cpu-lr5e-3": (CPU, ["optim.lr=5e-3"]),
+    "gru192": (CPU, ["model.hidden_size=192", "model.embedding_dim=48"]),
+    "gru320": (CPU, ["model.hidden_size=320"]),
+    "gru320-d0": (CPU, ["model.hidden_size=320", "model.dropout=0.0"]),
+    "gru384": (CPU, ["model.hidden_size=384"]),
+    "gru3x256": (CPU, ["model.layers=3"]),
+    "lstm320": (CPU, ["model.cell=lstm", "model.hidden_size=320"]),
+    "lstm320-d0": (CPU, ["model.cell=lstm", "model.hidden_size=320", "model.dropout=0.0"]),
+    "lstm384": (CPU, ["model.cell=lstm", "model.hidden_size=384"]),
+    "adamw": (CPU, ["optim.name=adamw", "optim.lr=2e-3"]),
 }
 
 
@@ -65,7 +59,8 @@ def steps_reached(run_dir: Path) -> int:
 def candidate(name: str, args: argparse.Namespace) -> str:
     config, settings = CANDIDATES[name]
     run_dir = args.out / name
-    sets = [f"train.max_time={args.budget}", "train.checkpoint_every=1000000", *settings]
+    sets = [f"train.max_time={args.budget}", "train.max_steps=0", "train.checkpoint_every=1000000"]
+    sets += settings
     sets += [f"train.seed={args.seed}", *args.set]
     cmd = [sys.executable, "-m", "charlm", "train", str(args.train), "--val-file", str(args.val)]
     cmd += ["--config", config, "--out", str(run_dir), "--force", "-q"]
