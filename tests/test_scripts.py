@@ -63,3 +63,16 @@ def test_recipe_search_candidates_are_valid_settings(name):
     sets = ["train.max_time=600", "train.max_steps=0", *settings]
     built = build_config(config_file=shipped_configs()[config], overrides=sets)
     assert built.train.max_time == 600 and built.train.max_steps == 0
+
+
+def test_recipe_search_rows_rebuild_the_models_they_measured():
+    """The table's rows were measured on the 2x256 GRU that the ten-minute config was then."""
+    script = load_script("recipe_search")
+
+    def model(name):
+        config, settings = script.CANDIDATES[name]
+        return build_config(config_file=shipped_configs()[config], overrides=settings).model
+
+    assert (model("cpu").cell, model("cpu").hidden_size, model("cpu").dropout) == ("gru", 256, 0.1)
+    assert (model("gru320").cell, model("gru320").hidden_size) == ("gru", 320)
+    assert (model("lstm384").cell, model("lstm384").hidden_size) == ("lstm", 384)
