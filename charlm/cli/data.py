@@ -107,6 +107,11 @@ def data_synth(
         seed=seed,
         copy_length=copy_length,
     )
+    _report_synth(out, truth)
+
+
+def _report_synth(out: Path, truth: dict) -> None:
+    """The line that says what `data synth` wrote, then the path of truth.json (stdout)."""
     if "stages" in truth:
         stages = ", ".join(
             f"lag {s['lag']}" + (" (held out)" if s["held_out"] else "") for s in truth["stages"]
